@@ -1,0 +1,380 @@
+"""Training of the cascade's stages with the thesis recipe (MONAI).
+
+Recipe (DESIGN.md, Models): RAS orientation, resampling to the model's spacing (thesis 1.0 x 1.0 x 2.5 mm),
+HU clipped to [-100, 200] and scaled to [0, 1], ``RandCropByPosNegLabeld`` patches (thesis 128 x 128 x 48),
+flips / 90-degree rotations / zoom / intensity scale and shift / Gaussian noise / contrast augmentation,
+DiceFocal loss with background weight 1/10, Adam (lr 1e-4, weight decay 1e-5), ReduceLROnPlateau on the
+validation Dice, early stopping, sliding-window validation (overlap 0.4).
+
+Stage ``liver``: input CT, target liver (labels 1 and 2). Stage ``tumor``: inputs CT and the liver mask as a
+second channel, cropped to the liver plus a margin, target tumor (label 2).
+
+Checkpoints (``last.pt``, ``best.pt``) hold the weights, optimizer and scheduler state, the epoch, the
+history and the model's manifest entry, so that training resumes and a trained file describes itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .model_manifest import ModelEntry
+
+THESIS_NETWORK_ARGS = {"spatial_dims": 3, "init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1],
+                       "out_channels": 2}
+
+
+@dataclass
+class TrainConfig:
+    """What to train and how. Sizes are (x, y, z) voxels at ``spacing_mm`` (x, y, z)."""
+
+    stage: str = "liver"
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 2.5)
+    roi_size: tuple[int, int, int] = (128, 128, 48)
+    init_filters: int = 16
+    hu_min: float = -100.0
+    hu_max: float = 200.0
+    max_epochs: int = 300
+    iterations_per_epoch: int | None = None
+    samples_per_volume: int = 2
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-5
+    background_weight: float = 0.1
+    val_interval: int = 1
+    early_stopping_patience: int = 30
+    plateau_patience: int = 10
+    sw_overlap: float = 0.4
+    crop_margin_mm: float = 10.0
+    seed: int = 0
+    num_workers: int = 0
+    model_id: str = ""
+    title: str = ""
+    demo_only: bool = False
+    training_data: str = ""
+    extra_entry: dict[str, Any] = field(default_factory=dict)
+
+    def manifest_entry(self, file_name: str) -> ModelEntry:
+        """The manifest entry describing the model this configuration trains (checksum filled at export)."""
+        args = dict(THESIS_NETWORK_ARGS, init_filters=self.init_filters,
+                    in_channels=1 if self.stage == "liver" else 2)
+        return ModelEntry.from_dict({
+            "id": self.model_id or f"{self.stage}-segresnet",
+            "title": self.title or f"{self.stage.capitalize()} SegResNet",
+            "task": self.stage,
+            "labels": {self.stage: 1},
+            "network": {"class": "monai.networks.nets.SegResNet", "args": args},
+            "input_channels": ["ct"] if self.stage == "liver" else ["ct", "liver_mask"],
+            "orientation": "RAS",
+            "spacing_mm": list(self.spacing_mm),
+            "intensity": {"type": "clip_scale", "hu_min": self.hu_min, "hu_max": self.hu_max,
+                          "out_min": 0.0, "out_max": 1.0},
+            "roi_size": list(self.roi_size),
+            "sw_overlap": self.sw_overlap,
+            "file_name": file_name,
+            "local_path": file_name,
+            "sha256": "0" * 64,  # placeholder until export_weights computes the real digest
+            "checkpoint_format": "state_dict",
+            "license": "Apache-2.0",
+            "training_data": self.training_data or "unspecified",
+            "demo_only": self.demo_only,
+            **self.extra_entry,
+        })
+
+
+def _deterministic_transforms(config: TrainConfig) -> list:
+    from monai import transforms as mt
+
+    keys = ["image", "label"]
+    steps = [
+        mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
+        mt.EnsureChannelFirstd(keys=keys),
+        mt.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        mt.Spacingd(keys=keys, pixdim=config.spacing_mm, mode=("bilinear", "nearest")),
+        mt.ScaleIntensityRanged(keys="image", a_min=config.hu_min, a_max=config.hu_max, b_min=0.0, b_max=1.0,
+                                clip=True),
+    ]
+    if config.stage == "liver":
+        steps.append(mt.Lambdad(keys="label", func=lambda label: (label > 0).float()))
+    else:
+        margin = [max(1, round(config.crop_margin_mm / s)) for s in config.spacing_mm]
+        steps += [
+            mt.CopyItemsd(keys="label", names="liver_mask"),
+            mt.Lambdad(keys="liver_mask", func=lambda label: (label > 0).float()),
+            mt.CropForegroundd(keys=["image", "label", "liver_mask"], source_key="liver_mask", margin=margin,
+                               allow_smaller=True),
+            mt.ConcatItemsd(keys=["image", "liver_mask"], name="image"),
+            mt.DeleteItemsd(keys="liver_mask"),
+            mt.Lambdad(keys="label", func=lambda label: (label == 2).float()),
+        ]
+    steps.append(mt.SpatialPadd(keys=keys, spatial_size=config.roi_size))
+    return steps
+
+
+def build_transforms(config: TrainConfig, training: bool):
+    """MONAI dictionary transforms for training (with augmentation) or validation."""
+    from monai import transforms as mt
+
+    keys = ["image", "label"]
+    steps = _deterministic_transforms(config)
+    if training:
+        steps += [
+            mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=config.roi_size, pos=1, neg=1,
+                                      num_samples=config.samples_per_volume, image_key="image",
+                                      image_threshold=0.0),
+            mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+            mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+            mt.RandRotate90d(keys=keys, prob=0.3, max_k=3, spatial_axes=(0, 1)),
+            mt.RandZoomd(keys=keys, prob=0.2, min_zoom=0.9, max_zoom=1.1, mode=("trilinear", "nearest"),
+                         keep_size=True),
+            mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            mt.RandGaussianNoised(keys="image", prob=0.2, std=0.01),
+            mt.RandAdjustContrastd(keys="image", prob=0.2, gamma=(0.8, 1.2)),
+        ]
+    steps.append(mt.EnsureTyped(keys=keys, track_meta=False))
+    return mt.Compose(steps)
+
+
+def build_network(config: TrainConfig):
+    from monai.networks.nets import SegResNet
+
+    args = dict(THESIS_NETWORK_ARGS, init_filters=config.init_filters, in_channels=1 if config.stage == "liver" else 2)
+    return SegResNet(**args)
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised when the cancel event is set; ``last.pt`` holds the last finished epoch."""
+
+
+def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], out_dir: str | Path, *,
+          device: str = "cpu", resume: bool = True, log: Callable[[str], None] = print,
+          cancel: threading.Event | None = None) -> dict:
+    """Train one stage; returns ``{"best_dice", "best_epoch", "epochs_run", "checkpoint"}``.
+
+    ``train_cases``/``val_cases`` are ``[{"image": path, "label": path}]`` (NIfTI). Metrics go to
+    ``metrics.csv`` (and TensorBoard when it is installed) in ``out_dir``.
+    """
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.losses import DiceFocalLoss
+    from monai.utils import set_determinism
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed=config.seed)
+    model = build_network(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                           patience=config.plateau_patience)
+    loss_function = DiceFocalLoss(to_onehot_y=True, softmax=True, weight=[config.background_weight, 1.0])
+    state = _resume_state(out_dir / "last.pt", model, optimizer, scheduler) if resume else None
+    start_epoch = state["epoch"] + 1 if state else 0
+    best = {"dice": state["best_dice"], "epoch": state["best_epoch"]} if state else {"dice": -1.0, "epoch": -1}
+    history: list[dict] = state["history"] if state else []
+    if state:
+        log(f"resuming after epoch {state['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
+
+    train_loader = DataLoader(Dataset(train_cases, build_transforms(config, training=True)),
+                              batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers)
+    val_data = Dataset(val_cases, build_transforms(config, training=False))
+    writer = _tensorboard_writer(out_dir)
+    entry = config.manifest_entry("best.pt").to_dict()
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.max_epochs):
+        started = time.perf_counter()
+        train_loss = _train_one_epoch(model, train_loader, optimizer, loss_function, device, config, cancel)
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+        if epoch % config.val_interval == 0 or epoch == config.max_epochs - 1:
+            row["val_dice"] = validate(model, val_data, config, device)
+            scheduler.step(row["val_dice"])
+            if row["val_dice"] > best["dice"]:
+                best = {"dice": row["val_dice"], "epoch": epoch}
+                _save(out_dir / "best.pt", model, optimizer, scheduler, epoch, best, history + [row], entry)
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        _log_row(out_dir / "metrics.csv", row, writer)
+        _save(out_dir / "last.pt", model, optimizer, scheduler, epoch, best, history, entry)
+        log(json.dumps({"stage": "train", "epoch": epoch, **{k: round(v, 5) for k, v in row.items() if k != "epoch"}}))
+        if epoch - best["epoch"] >= config.early_stopping_patience:
+            log(f"early stopping: no better validation Dice for {config.early_stopping_patience} epochs")
+            break
+    if writer is not None:
+        writer.close()
+    return {"best_dice": best["dice"], "best_epoch": best["epoch"], "epochs_run": epoch + 1,
+            "checkpoint": str(out_dir / "best.pt")}
+
+
+def _train_one_epoch(model, loader, optimizer, loss_function, device, config, cancel) -> float:
+    model.train()
+    losses = []
+    for step, batch in enumerate(loader):
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled("training cancelled; last.pt holds the last finished epoch")
+        if config.iterations_per_epoch is not None and step >= config.iterations_per_epoch:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_function(model(batch["image"].to(device)), batch["label"].to(device))
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.item()))
+    return sum(losses) / max(1, len(losses))
+
+
+def validate(model, val_data, config: TrainConfig, device: str) -> float:
+    """Mean foreground Dice over the validation cases (sliding window, Gaussian blending)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+    model.eval()
+    with torch.inference_mode():
+        for item in val_data:
+            image, label = item["image"][None].to(device), item["label"][None].to(device)
+            logits = sliding_window_inference(image, config.roi_size, 1, model, overlap=config.sw_overlap,
+                                              mode="gaussian")
+            prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes=2)
+            metric(prediction, one_hot(label.long(), num_classes=2))
+    value = float(metric.aggregate().item())
+    return 0.0 if math.isnan(value) else value
+
+
+def _save(path: Path, model, optimizer, scheduler, epoch, best, history, entry) -> None:
+    import torch
+
+    temporary = path.with_name(".tmp-" + path.name)
+    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "best_dice": best["dice"],
+                "best_epoch": best["epoch"], "history": history, "manifest_entry": entry}, temporary)
+    temporary.replace(path)
+
+
+def _resume_state(path: Path, model, optimizer, scheduler) -> dict | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def _tensorboard_writer(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+
+def _log_row(csv_path: Path, row: dict, writer) -> None:
+    fields = ["epoch", "train_loss", "val_dice", "lr", "seconds"]
+    new_file = not csv_path.is_file()
+    with csv_path.open("a", newline="") as handle:
+        csv_writer = csv.DictWriter(handle, fieldnames=fields)
+        if new_file:
+            csv_writer.writeheader()
+        csv_writer.writerow({key: row.get(key, "") for key in fields})
+    if writer is not None:
+        for key in ("train_loss", "val_dice", "lr"):
+            if key in row:
+                writer.add_scalar(key, row[key], row["epoch"])
+
+
+def export_weights(checkpoint: str | Path, out_path: str | Path, **entry_overrides) -> dict:
+    """Write the weights-only model file with its manifest entry; returns the entry with size and SHA-256."""
+    import hashlib
+
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    out_path = Path(out_path)
+    entry = dict(state["manifest_entry"], file_name=out_path.name, local_path=out_path.name, **entry_overrides)
+    entry.pop("sha256", None)
+    entry.pop("size_bytes", None)
+    temporary = out_path.with_name(".tmp-" + out_path.name)
+    torch.save({"state_dict": state["state_dict"], "manifest_entry": entry}, temporary)
+    temporary.replace(out_path)
+    entry["size_bytes"] = out_path.stat().st_size
+    entry["sha256"] = hashlib.sha256(out_path.read_bytes()).hexdigest()
+    return entry
+
+
+def _triple(text: str, kind=float) -> tuple:
+    values = tuple(kind(v) for v in text.split(","))
+    if len(values) != 3:
+        raise ValueError(f"expected three comma-separated values (x,y,z), got {text!r}")
+    return values
+
+
+def _run_cli(args) -> int:
+    from .datasets import list_msd_cases, make_phantom_dataset, split_cases
+
+    if args.phantoms:
+        data_root = make_phantom_dataset(args.out / "phantom_data", args.phantoms, first_seed=args.phantom_first_seed,
+                                         size_xy=args.phantom_size)
+        training_data = (f"{args.phantoms} synthetic CT phantoms (seeds {args.phantom_first_seed}.."
+                         f"{args.phantom_first_seed + args.phantoms - 1}, {args.phantom_size}^2 in-plane)")
+    else:
+        data_root, training_data = args.data, f"MSD-layout data set {args.data}"
+    train_cases, val_cases = split_cases(list_msd_cases(data_root), args.val_fraction, args.seed)
+    config = TrainConfig(stage=args.stage, spacing_mm=args.spacing_mm, roi_size=args.roi, init_filters=args.init_filters,
+                         max_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                         samples_per_volume=args.samples_per_volume, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, early_stopping_patience=args.patience, seed=args.seed,
+                         model_id=args.model_id, title=args.title, demo_only=bool(args.phantoms) or args.demo_only,
+                         training_data=training_data)
+    device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
+    print(json.dumps({"stage": "setup", "train_cases": len(train_cases), "val_cases": len(val_cases),
+                      "device": device}), flush=True)
+    result = train(config, train_cases, val_cases, args.out / args.stage, device=device, resume=not args.no_resume,
+                   log=lambda line: print(line, flush=True))
+    print(json.dumps({"stage": "done", **result}), flush=True)
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train the liver or the tumor stage (thesis recipe)",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=["liver", "tumor"], required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="data set in MSD layout (imagesTr/, labelsTr/; labels 0/1/2)")
+    source.add_argument("--phantoms", type=int, help="generate this many synthetic phantoms and train on them")
+    parser.add_argument("--phantom-size", type=int, default=128, help="in-plane matrix of generated phantoms")
+    parser.add_argument("--phantom-first-seed", type=int, default=1000)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, metrics.csv)")
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--iterations-per-epoch", type=int, default=None)
+    parser.add_argument("--samples-per-volume", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--patience", type=int, default=30, help="early stopping patience (epochs)")
+    parser.add_argument("--spacing-mm", type=_triple, default=(1.0, 1.0, 2.5), help="x,y,z (default 1,1,2.5)")
+    parser.add_argument("--roi", type=lambda t: _triple(t, int), default=(128, 128, 48), help="patch x,y,z")
+    parser.add_argument("--init-filters", type=int, default=16)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
+    parser.add_argument("--model-id", default="")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--demo-only", action="store_true", help="mark the model demo-only (implied by --phantoms)")
+    parser.set_defaults(func=_run_cli)

@@ -1,0 +1,100 @@
+"""Training: the thesis recipe runs, logs, checkpoints with its manifest entry, resumes and exports."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib import training
+from LiverTumorSegLib.datasets import list_msd_cases, split_cases
+from LiverTumorSegLib.model_manifest import ModelEntry
+
+
+def write_blob_dataset(root, n_cases=3):
+    """Tiny MSD-layout cases: a bright ellipsoid 'liver' (label 1) with a dark 'tumor' (label 2) inside."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:16, 0:32, 0:32]
+    for case in range(n_cases):
+        cx = 14 + case
+        liver = ((x - cx) / 10) ** 2 + ((y - 16) / 9) ** 2 + ((z - 8) / 6) ** 2 <= 1
+        tumor = ((x - cx) / 3) ** 2 + ((y - 16) / 3) ** 2 + ((z - 8) / 2) ** 2 <= 1
+        ct = rng.normal(-50, 10, liver.shape) + 160 * liver - 80 * tumor
+        labels = liver.astype(np.uint8) + tumor.astype(np.uint8)
+        for folder, array, pixel in (("imagesTr", ct, np.int16), ("labelsTr", labels, np.uint8)):
+            image = sitk.GetImageFromArray(array.astype(pixel))
+            image.SetSpacing((2.0, 2.0, 4.0))
+            sitk.WriteImage(image, str(root / folder / f"case{case}.nii.gz"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def blob_cases(tmp_path_factory):
+    return list_msd_cases(write_blob_dataset(tmp_path_factory.mktemp("blobs")))
+
+
+def tiny_config(stage, epochs):
+    return training.TrainConfig(stage=stage, spacing_mm=(2.0, 2.0, 4.0), roi_size=(16, 16, 8), init_filters=8,
+                                max_epochs=epochs, samples_per_volume=1, batch_size=1, val_interval=1,
+                                model_id=f"test-{stage}", demo_only=True, training_data="blobs")
+
+
+@pytest.mark.parametrize("stage", ["liver", "tumor"])
+def test_training_logs_checkpoints_and_resumes(stage, blob_cases, tmp_path):
+    train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
+    first = training.train(tiny_config(stage, 2), train_cases, val_cases, tmp_path, log=lambda _: None)
+    assert first["epochs_run"] == 2
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(np.isfinite(float(r["train_loss"])) and 0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    entry = ModelEntry.from_dict(state["manifest_entry"])
+    assert entry.task == stage and entry.demo_only and entry.roi_size == (16, 16, 8)
+    assert entry.input_channels == (("ct",) if stage == "liver" else ("ct", "liver_mask"))
+    # resume: two more epochs continue from epoch 2 with the same history
+    resumed = training.train(tiny_config(stage, 4), train_cases, val_cases, tmp_path, log=lambda _: None)
+    assert resumed["epochs_run"] == 4
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert len(torch.load(tmp_path / "last.pt", weights_only=False)["history"]) == 4
+
+
+def test_export_writes_weights_with_their_checksum(blob_cases, tmp_path):
+    train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
+    result = training.train(tiny_config("liver", 1), train_cases, val_cases, tmp_path, log=lambda _: None)
+    entry = training.export_weights(result["checkpoint"], tmp_path / "demo_liver.pt")
+    data = (tmp_path / "demo_liver.pt").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size_bytes"] == len(data)
+    saved = torch.load(tmp_path / "demo_liver.pt", weights_only=True)
+    network = training.build_network(tiny_config("liver", 1))
+    network.load_state_dict(saved["state_dict"])  # the exported weights fit the declared network
+    assert ModelEntry.from_dict(entry).file_name == "demo_liver.pt"
+
+
+def test_tumor_transforms_crop_to_the_liver_and_stack_the_mask(blob_cases):
+    config = tiny_config("tumor", 1)
+    item = training.build_transforms(config, training=False)(blob_cases[0])
+    image, label = item["image"], item["label"]
+    assert image.shape[0] == 2 and label.shape[0] == 1
+    # the liver mask channel is binary and covers the tumor target
+    mask = image[1].numpy()
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    assert np.all(mask[label[0].numpy() > 0] == 1.0)
+    # cropped to the liver plus a 10 mm margin: smaller than the 32x32x16 input
+    assert image.shape[1] < 32
+
+
+def test_cancel_stops_training(blob_cases, tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()
+    train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
+    with pytest.raises(training.TrainingCancelled):
+        training.train(tiny_config("liver", 3), train_cases, val_cases, tmp_path, log=lambda _: None, cancel=cancel)
