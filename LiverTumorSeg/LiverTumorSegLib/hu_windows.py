@@ -8,8 +8,10 @@ without touching code. A window maps HU to display intensity linearly between ``
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +61,13 @@ def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, HUWindow]:
         raise ValueError(f"Cannot read HU window presets from {path}: {error}") from error
     presets: dict[str, HUWindow] = {}
     for entry in entries:
-        window = HUWindow(entry["id"], entry["label"], float(entry["width_hu"]), float(entry["level_hu"]),
-                          entry.get("note", ""))
+        window = HUWindow(
+            entry["id"],
+            entry["label"],
+            float(entry["width_hu"]),
+            float(entry["level_hu"]),
+            entry.get("note", ""),
+        )
         if window.id in presets:
             raise ValueError(f"{path}: duplicate HU window preset id {window.id!r}")
         presets[window.id] = window
@@ -74,3 +81,29 @@ def get_preset(preset_id: str, path: str | Path = PRESETS_FILE) -> HUWindow:
         return presets[preset_id]
     except KeyError:
         raise KeyError(f"Unknown HU window preset {preset_id!r}; known: {', '.join(presets)}") from None
+
+
+def model_input_window(intensity: Mapping[str, Any], id: str = "model_input") -> HUWindow | None:
+    """The HU window a model sees, from a manifest ``intensity`` spec; None when it has no fixed window.
+
+    ``{"type": "clip_scale", "hu_min": -100, "hu_max": 200, ...}`` (HU clipped to [hu_min, hu_max] then
+    scaled) gives the window ``[hu_min, hu_max]`` (here W 300 / L 50). Other intensity types (e.g.
+    ``normalize_nonzero_scale``, whose range depends on each image) give None.
+    """
+    if intensity.get("type") != "clip_scale":
+        return None
+    try:
+        hu_min, hu_max = float(intensity["hu_min"]), float(intensity["hu_max"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"clip_scale intensity spec needs numeric hu_min and hu_max, got {dict(intensity)!r}"
+        ) from error
+    if not hu_max > hu_min:
+        raise ValueError(f"clip_scale intensity spec needs hu_min < hu_max, got {hu_min:g} and {hu_max:g}")
+    return HUWindow.from_range(
+        id,
+        f"Model input ({hu_min:g}..{hu_max:g} HU)",
+        hu_min,
+        hu_max,
+        "Input window of the model: HU clipped to this range then scaled.",
+    )
