@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: the headless Slicer application (slicer-core wheel) and a clean scene per test."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins: list[str] = []
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import slicer_bootstrap` in tests
+
+import slicer_bootstrap  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slicer_app() -> slicer_bootstrap.HeadlessSlicer:
+    """The headless application: ``slicer.mrmlScene`` and ``slicer.modules.<name>.logic()`` are set."""
+    return slicer_bootstrap.bootstrap()
+
+
+@pytest.fixture
+def mrml_scene(slicer_app):
+    """``slicer.mrmlScene``, empty at the start of the test and closed again after it."""
+    scene = slicer_bootstrap.new_scene()
+    yield scene
+    slicer_bootstrap.new_scene()
