@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
-from LiverTumorSegLib import scenarios, scene_input
-from LiverTumorSegLib.hu_windows import load_presets
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -25,6 +24,13 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from LiverTumorSegLib import dependencies, scenarios, scene_input
+from LiverTumorSegLib.hu_windows import load_presets, model_input_window
+from LiverTumorSegLib.model_manifest import load_manifest
+
+NO_TUMOR_MODEL = ""
+DEBOUNCE_MS = 300
 
 
 class LiverTumorSeg(ScriptedLoadableModule):
@@ -37,26 +43,41 @@ class LiverTumorSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LiverTumorAnalysis team"]
         self.parent.helpText = _(
-            "Load a contrast-enhanced abdominal CT (DICOM folder or any loaded scalar volume) and window it "
-            "with CT presets. Liver and tumor segmentation, measurements and resection planning are added by "
-            "the following releases. Research use only; not a medical device."
+            "Load a contrast-enhanced abdominal CT, press Run and get Liver and Liver tumor segments from a "
+            "two-stage SegResNet cascade computed in a background process. Correct them with Segment Editor: the "
+            "measurements and the future liver remnant follow the edits. Models marked DEMO ONLY are trained on "
+            "synthetic phantoms. Research use only; not a medical device."
         )
         self.parent.acknowledgementText = _(
-            "Built on 3D Slicer, MONAI, SimpleITK and pydicom. Segmentation recipe after a two-stage "
-            "SegResNet thesis on colorectal liver metastases."
+            "Built on 3D Slicer, MONAI, SimpleITK and pydicom. Segmentation recipe after a two-stage SegResNet "
+            "thesis on colorectal liver metastases."
         )
 
 
 @parameterNodeWrapper
 class LiverTumorSegParameterNode:
-    """GUI state, saved with the scene.
-
-    inputVolume: the CT to work on (HU).
-    dicomFolder: the folder the last DICOM series was loaded from.
-    """
+    """GUI state, saved with the scene."""
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     dicomFolder: pathlib.Path
+    liverModelId: str = ""
+    tumorModelId: str = ""
+    device: Annotated[str, Choice(["auto", "cpu"])] = "auto"
+    minTumorMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.1
+    perLesionSegments: bool = False
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    huLowerHu: Annotated[float, WithinRange(-1024.0, 3000.0)] = 0.0
+    huUpperHu: Annotated[float, WithinRange(-1024.0, 3000.0)] = 60.0
+    usePlane: bool = True
+    resectionPlane: slicer.vtkMRMLMarkupsPlaneNode
+    useMargin: bool = False
+    marginMm: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
+    usePainted: bool = False
+    dropDisconnected: bool = False
+    heightCm: Annotated[float, WithinRange(0.0, 250.0)] = 0.0
+    weightKg: Annotated[float, WithinRange(0.0, 400.0)] = 0.0
+    liverCondition: Annotated[str, Choice(["normal", "chemotherapy", "cirrhosis"])] = "normal"
+    liveFlr: bool = True
 
 
 class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -68,6 +89,9 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._run = None
+        self._measurementsUpdater = None
+        self._flrPlanner = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -77,12 +101,33 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LiverTumorSegLogic()
 
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(200)
+        self._pollTimer.connect("timeout()", self._pollRun)
+        self._measurementsTimer = self._singleShotTimer(self._updateMeasurements)
+        self._flrTimer = self._singleShotTimer(self._updateFlrIfDirty)
+
         self._createWindowPresetButtons()
+        self._fillModelComboBoxes()
         self.ui.loadDicomButton.connect("clicked(bool)", self.onLoadDicomButton)
+        self.ui.modelInputPreviewButton.connect("clicked(bool)", self.onModelInputPreview)
+        self.ui.runButton.connect("clicked(bool)", self.onRunButton)
+        self.ui.addHuRangeButton.connect("clicked(bool)", self.onAddHuRangeSegment)
+        self.ui.computeFlrButton.connect("clicked(bool)", self.onComputeFlr)
+        self.ui.liverModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
+        self.ui.tumorModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
+
+    @staticmethod
+    def _singleShotTimer(callback):
+        timer = qt.QTimer()
+        timer.setSingleShot(True)
+        timer.setInterval(DEBOUNCE_MS)
+        timer.connect("timeout()", callback)
+        return timer
 
     def _createWindowPresetButtons(self) -> None:
         """One button per HU window preset; the presets are data (Resources/hu_window_presets.json)."""
@@ -94,7 +139,21 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.connect("clicked(bool)", lambda _checked, presetId=preset.id: self.onWindowPreset(presetId))
             layout.addWidget(button)
 
+    def _fillModelComboBoxes(self) -> None:
+        """Models from the manifest; the user data of each item is the model id."""
+        self.ui.liverModelComboBox.clear()
+        self.ui.tumorModelComboBox.clear()
+        for entry in load_manifest().values():
+            if entry.task in ("liver", "multi-organ"):
+                self.ui.liverModelComboBox.addItem(entry.display_name, entry.id)
+            elif entry.task == "tumor":
+                self.ui.tumorModelComboBox.addItem(entry.display_name, entry.id)
+        self.ui.tumorModelComboBox.addItem(_("None (liver only)"), NO_TUMOR_MODEL)
+
     def cleanup(self) -> None:
+        self._stopLiveUpdates()
+        if self._run is not None:
+            self._run.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -104,9 +163,10 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._stopLiveUpdates()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -123,19 +183,44 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._selectModelItems()
+            self._onParameterNodeModified()
 
-    def _updateButtons(self, caller=None, event=None) -> None:
-        hasVolume = bool(self._parameterNode and self._parameterNode.inputVolume)
+    def _selectModelItems(self) -> None:
+        for comboBox, modelId in ((self.ui.liverModelComboBox, self._parameterNode.liverModelId),
+                                  (self.ui.tumorModelComboBox, self._parameterNode.tumorModelId)):
+            index = comboBox.findData(modelId)
+            if index >= 0:
+                comboBox.currentIndex = index
+        self._onModelChoice()
+
+    def _onModelChoice(self, _index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.liverModelId = self.ui.liverModelComboBox.currentData or ""
+            self._parameterNode.tumorModelId = self.ui.tumorModelComboBox.currentData or ""
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        hasVolume = bool(node and node.inputVolume)
+        running = self._run is not None
         self.ui.windowPresetButtonsFrame.enabled = hasVolume
-        folder = self._parameterNode.dicomFolder if self._parameterNode else None
+        self.ui.modelInputPreviewButton.enabled = hasVolume
+        folder = node.dicomFolder if node else None
         self.ui.loadDicomButton.enabled = bool(folder and str(folder) not in ("", ".") and folder.is_dir())
+        self.ui.runButton.enabled = running or (hasVolume and bool(node.liverModelId))
+        self.ui.runButton.text = _("Cancel") if running else _("Run")
+        hasSegmentation = bool(node and node.outputSegmentation)
+        self.ui.addHuRangeButton.enabled = hasSegmentation and hasVolume
+        self.ui.computeFlrButton.enabled = hasSegmentation and hasVolume
+        self._refreshPaintedSegments()
+        self._syncLiveUpdates()
 
+    # --- input and display -------------------------------------------------------------------------
     def onLoadDicomButton(self) -> None:
         folder = self._parameterNode.dicomFolder
         with slicer.util.tryWithErrorDisplay(_("Failed to load the DICOM series."), waitCursor=True):
@@ -149,19 +234,138 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to apply the window."), waitCursor=False):
             self.logic.applyWindowPreset(self._parameterNode.inputVolume, presetId)
 
+    def onModelInputPreview(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("This model has no HU input window to preview."), waitCursor=False):
+            self.logic.applyModelInputWindow(self._parameterNode.inputVolume, self._parameterNode.liverModelId)
+
+    # --- segmentation run --------------------------------------------------------------------------
+    def onRunButton(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            self.ui.progressLabel.text = _("Cancelling...")
+            return
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self._run = self.logic.startSegmentation(
+                node.inputVolume, node.liverModelId, node.tumorModelId or None, device=node.device,
+                minTumorMl=node.minTumorMl, perLesionSegments=node.perLesionSegments)
+            self._pollTimer.start()
+            self._onParameterNodeModified()
+
+    def _pollRun(self) -> None:
+        for event in self._run.poll():
+            if event.fraction is not None:
+                self.ui.progressBar.value = int(round(100 * event.fraction))
+            self.ui.progressLabel.text = f"{event.stage}: {event.message}"
+            self.ui.logTextEdit.appendPlainText(f"[{event.stage}] {event.message}")
+        if self._run.running():
+            return
+        self._pollTimer.stop()
+        run, self._run = self._run, None
+        for line in run.log_lines():
+            self.ui.logTextEdit.appendPlainText(line)
+        try:
+            segmentationNode = run.finish()
+        except Exception as error:  # shown to the user; the scene is unchanged
+            self.ui.progressLabel.text = str(error)
+            if "cancel" not in str(error).lower():
+                slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error))
+        else:
+            self._parameterNode.outputSegmentation = segmentationNode
+            self.ui.progressLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
+        self._onParameterNodeModified()
+
+    # --- measurements ------------------------------------------------------------------------------
+    def _syncLiveUpdates(self) -> None:
+        """Keep the measurements (and, when asked, the FLR) following the selected segmentation."""
+        node = self._parameterNode
+        segmentation = node.outputSegmentation if node else None
+        volume = node.inputVolume if node else None
+        if self._measurementsUpdater is None or self._measurementsUpdater.segmentation_node is not segmentation:
+            self._stopLiveUpdates()
+            if segmentation is not None and volume is not None:
+                self._measurementsUpdater = self.logic.measurementsUpdater(segmentation, volume,
+                                                                           self._measurementsTimer.start)
+                self._updateMeasurements()
+        if self._flrPlanner is not None:
+            self._flrPlanner.set_plane_nodes([node.resectionPlane] if node.usePlane and node.resectionPlane else [])
+            self._flrPlanner.set_parameters(**self.logic.flrParameters(node, self._paintedSegmentId()))
+
+    def _stopLiveUpdates(self) -> None:
+        for updater in (self._measurementsUpdater, self._flrPlanner):
+            if updater is not None:
+                updater.remove_observers()
+        self._measurementsUpdater = self._flrPlanner = None
+
+    def _updateMeasurements(self) -> None:
+        if self._measurementsUpdater is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to update the measurements."), waitCursor=False):
+            self._measurementsUpdater.update_if_dirty()
+            self.ui.measurementsTableView.setMRMLTableNode(self._measurementsUpdater.table_node)
+
+    def onAddHuRangeSegment(self) -> None:
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the HU-range segment."), waitCursor=True):
+            self.logic.addHuRangeSegment(node.outputSegmentation, node.inputVolume, node.huLowerHu, node.huUpperHu)
+
+    # --- resection planning ------------------------------------------------------------------------
+    def _refreshPaintedSegments(self) -> None:
+        comboBox = self.ui.paintedSegmentComboBox
+        current = comboBox.currentData
+        comboBox.blockSignals(True)
+        comboBox.clear()
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if segmentation is not None:
+            for segmentId in segmentation.GetSegmentation().GetSegmentIDs():
+                comboBox.addItem(segmentation.GetSegmentation().GetSegment(segmentId).GetName(), segmentId)
+        index = comboBox.findData(current)
+        comboBox.currentIndex = max(index, 0)
+        comboBox.blockSignals(False)
+
+    def _paintedSegmentId(self):
+        return self.ui.paintedSegmentComboBox.currentData if self._parameterNode.usePainted else None
+
+    def onComputeFlr(self) -> None:
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Cannot compute the future liver remnant."), waitCursor=True):
+            if self._flrPlanner is None:
+                self._flrPlanner = self.logic.flrPlanner(node, self._paintedSegmentId(), self._flrTimer.start,
+                                                         observe=node.liveFlr)
+            result = self._flrPlanner.update()
+            self._showFlr(result)
+
+    def _updateFlrIfDirty(self) -> None:
+        if self._flrPlanner is None or not self._parameterNode.liveFlr:
+            return
+        try:
+            result = self._flrPlanner.update_if_dirty()
+        except ValueError as error:  # e.g. the liver segment was deleted while editing
+            self.ui.flrStatusLabel.text = str(error)
+            return
+        if result is not None:
+            self._showFlr(result)
+
+    def _showFlr(self, result) -> None:
+        figures = result.result.figures.to_dict()
+        self.ui.flrTableView.setMRMLTableNode(result.table_node)
+        self.ui.flrStatusLabel.text = _("FLR {flr:.0f} mL ({ratio:.1%} of the functional liver): {verdict}").format(
+            flr=figures["flr_ml"], ratio=figures["flr_ratio"], verdict=figures["verdict"])
+
 
 class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     """Scriptable logic (usable from the Python console without the widget).
 
     Example::
 
-        logic = slicer.util.getModuleLogic("LiverTumorSeg")  # or LiverTumorSegLogic()
+        logic = LiverTumorSegLogic()
         volumeNode, messages = logic.loadDicomFolder("/data/patient01")
-        logic.applyWindowPreset(volumeNode, "liver")
+        segmentationNode = logic.process(volumeNode, "demo-liver-segresnet", "demo-tumor-segresnet", wait=True)
     """
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return LiverTumorSegParameterNode(super().getParameterNode())
@@ -173,6 +377,96 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     def applyWindowPreset(self, volumeNode, presetId: str) -> None:
         """Apply the HU window preset ``presetId`` (ids in Resources/hu_window_presets.json)."""
         scene_input.apply_window_preset(volumeNode, presetId)
+
+    def applyModelInputWindow(self, volumeNode, modelId: str) -> None:
+        """Window the CT to the input range of ``modelId`` (how the model sees the intensities)."""
+        from LiverTumorSegLib import scene
+
+        window = model_input_window(load_manifest()[modelId].intensity)
+        if window is None:
+            raise ValueError(f"model {modelId} normalizes intensities per image; it has no fixed HU window")
+        scene.apply_hu_window(volumeNode, window)
+
+    def ensureDependencies(self, askUser: bool = True) -> bool:
+        """Install what the worker needs, after asking: torch via the PyTorch extension, the rest with pip."""
+        missing = dependencies.missing_modules()
+        if not missing:
+            return True
+        if askUser and not slicer.util.confirmOkCancelDisplay(
+                _("Liver segmentation needs these Python packages, which are not installed yet: {packages}. "
+                  "Install them now? This can take several minutes.").format(packages=", ".join(missing))):
+            return False
+        if "torch" in missing:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise RuntimeError(_("This module needs the 'PyTorch' extension. Install it from the Extensions "
+                                     "Manager, restart Slicer and press Run again.")) from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+                raise RuntimeError(_("PyTorch could not be installed; see the Python console for details."))
+        requirements = dependencies.pip_requirements(missing)
+        if requirements:
+            try:
+                slicer.util.pip_install(requirements)
+            except Exception as error:
+                raise RuntimeError(_("Installing {packages} failed: {error}").format(
+                    packages=" ".join(requirements), error=error)) from error
+        return True
+
+    def startSegmentation(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
+                          minTumorMl: float = 0.1, perLesionSegments: bool = False, launcher=None):
+        """Start the cascade in a background process; returns the run (poll, cancel, finish)."""
+        from LiverTumorSegLib.scene_run import SegmentationRun
+
+        def launchInSlicer(args, env):
+            return slicer.util.launchConsoleProcess(args, useStartupEnvironment=False, updateEnvironment=env)
+
+        run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
+                              min_tumor_ml=minTumorMl, per_lesion_segments=perLesionSegments,
+                              launcher=launcher or launchInSlicer)
+        run.start()
+        return run
+
+    def process(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
+                wait: bool = True, **options):
+        """Segment ``volumeNode``; with ``wait`` blocks and returns the new segmentation node, else the run."""
+        from LiverTumorSegLib.scene_run import SegmentationRun
+
+        if not wait:
+            return self.startSegmentation(volumeNode, liverModelId, tumorModelId, device, **options)
+        run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
+                              min_tumor_ml=options.get("minTumorMl", 0.1),
+                              per_lesion_segments=options.get("perLesionSegments", False))
+        return run.run_blocking(on_progress=lambda event: logging.info(f"{event.stage}: {event.message}"))
+
+    def measurementsUpdater(self, segmentationNode, volumeNode, scheduleUpdate):
+        from LiverTumorSegLib.scene_results import MeasurementsUpdater
+
+        return MeasurementsUpdater(segmentationNode, volumeNode, schedule_update=scheduleUpdate)
+
+    def addHuRangeSegment(self, segmentationNode, volumeNode, lowerHu: float, upperHu: float) -> str:
+        from LiverTumorSegLib.scene_results import add_hu_range_segment
+
+        return add_hu_range_segment(segmentationNode, volumeNode, lowerHu, upperHu)
+
+    @staticmethod
+    def flrParameters(parameterNode, paintedSegmentId=None) -> dict:
+        return {
+            "resection_segment_id": paintedSegmentId,
+            "margin_mm": parameterNode.marginMm if parameterNode.useMargin else None,
+            "drop_disconnected": parameterNode.dropDisconnected,
+            "height_cm": parameterNode.heightCm or None,
+            "weight_kg": parameterNode.weightKg or None,
+            "condition": parameterNode.liverCondition,
+        }
+
+    def flrPlanner(self, parameterNode, paintedSegmentId, scheduleUpdate, observe: bool = True):
+        from LiverTumorSegLib.scene_flr import FLRPlanner
+
+        planes = [parameterNode.resectionPlane] if parameterNode.usePlane and parameterNode.resectionPlane else []
+        return FLRPlanner(parameterNode.outputSegmentation, parameterNode.inputVolume, schedule_update=scheduleUpdate,
+                          plane_nodes=planes, observe=observe, **self.flrParameters(parameterNode, paintedSegmentId))
 
 
 class LiverTumorSegTest(ScriptedLoadableModuleTest):
@@ -192,11 +486,6 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
             scenarios.run(name, slicer.mrmlScene, workDir)
         self.delayDisplay(f"{name} passed")
 
-    def test_load_phantom_dicom(self) -> None:
-        self._runScenario("load_phantom_dicom")
-
-    def test_window_presets(self) -> None:
-        self._runScenario("window_presets")
-
-    def test_bad_dicom_leaves_scene_unchanged(self) -> None:
-        self._runScenario("bad_dicom_leaves_scene_unchanged")
+    def test_scenarios(self) -> None:
+        """Every shared scenario (see LiverTumorSegLib.scenarios.SCENARIOS)."""
+        self.runTest()

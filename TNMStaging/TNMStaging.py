@@ -21,6 +21,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
 from TNMStagingLib import ajcc, scenarios
 
 

@@ -90,6 +90,11 @@ class WorkerProcess:
     def output_dir(self) -> Path:
         return Path(self.job["output_dir"])
 
+    @property
+    def log(self) -> list[str]:
+        """Lines the worker printed that are not progress records (warnings, tracebacks)."""
+        return list(self._log)
+
     def start(self) -> None:
         job_file = self.work_dir / "job.json"
         job_file.write_text(json.dumps(self.job, indent=2))

@@ -1,0 +1,166 @@
+"""``livertumor demo-models``: train, export, evaluate and register the phantom-trained demo models.
+
+The demo models let the whole pipeline run where no real weights can be downloaded (CI, offline
+machines, first contact). They are trained by ``training.train`` (the thesis recipe) on synthetic CT
+phantoms with fixed seeds, exported next to the manifest (``Resources/Models/demo/``), evaluated by the
+cascade on held-out phantoms with ``evaluation``, and described by a model card. They are demo-only:
+trained on phantoms, never for clinical images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .model_manifest import MANIFEST_FILE, ModelEntry
+
+DEMO_DIR = MANIFEST_FILE.parent / "demo"
+
+# The committed demo models (see their model cards for the measured figures).
+LIVER_RECIPE = {"stage": "liver", "spacing_mm": (3.0, 3.0, 3.0), "roi_size": (96, 96, 64), "init_filters": 8,
+                "sw_overlap": 0.25, "model_id": "demo-liver-segresnet",
+                "title": "Demo liver SegResNet (3 mm, phantom-trained)"}
+TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (96, 96, 32), "init_filters": 16,
+                "sw_overlap": 0.25, "model_id": "demo-tumor-segresnet",
+                "title": "Demo liver-tumor SegResNet (1.5 mm, phantom-trained)"}
+
+
+def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, iterations: int, val_interval: int,
+                patience: int, seed: int, log=print) -> dict:
+    from .datasets import list_msd_cases, split_cases
+    from .training import TrainConfig, train
+
+    train_cases, val_cases = split_cases(list_msd_cases(data_root), 0.15, seed)
+    config = TrainConfig(**recipe, max_epochs=epochs, iterations_per_epoch=iterations, samples_per_volume=2,
+                         batch_size=2, val_interval=val_interval, early_stopping_patience=patience, seed=seed,
+                         demo_only=True,
+                         training_data=f"{len(train_cases)} synthetic CT phantoms (validation {len(val_cases)}), "
+                                       f"{data_root.name}")
+    log(f"training {recipe['stage']}: {len(train_cases)} train / {len(val_cases)} validation phantoms")
+    return {"result": train(config, train_cases, val_cases, out_dir / recipe["stage"], log=log),
+            "config": config, "train_cases": len(train_cases), "val_cases": len(val_cases)}
+
+
+def export_stage(trained: dict, card_name: str) -> ModelEntry:
+    from .training import export_weights
+
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    model_id = trained["config"].model_id
+    file_name = f"{model_id.replace('-', '_')}.pt"
+    entry = export_weights(trained["result"]["checkpoint"], DEMO_DIR / file_name,
+                           card=f"demo/{card_name}")
+    entry["local_path"] = f"demo/{file_name}"
+    return ModelEntry.from_dict(entry, manifest_dir=MANIFEST_FILE.parent)
+
+
+def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry, out_dir: Path, seeds: range, size_xy: int,
+                      log=print) -> dict:
+    """Run the cascade on held-out phantoms and evaluate against their truth."""
+    from . import evaluation
+    from .cascade import run_cascade
+    from .networks import load_model
+    from .phantom import make_phantom
+
+    liver_model = load_model(liver, liver.local_file())
+    tumor_model = load_model(tumor, tumor.local_file())
+    predicted, truth = out_dir / "predicted", out_dir / "truth"
+    predicted.mkdir(parents=True, exist_ok=True)
+    truth.mkdir(parents=True, exist_ok=True)
+    seconds = []
+    for seed in seeds:
+        phantom = make_phantom(seed, size_xy=size_xy)
+        started = time.perf_counter()
+        result = run_cascade(phantom.ct, liver_model, tumor_model, device="cpu")
+        seconds.append(time.perf_counter() - started)
+        sitk.WriteImage(result.labels, str(predicted / f"phantom_{seed}.nrrd"), useCompression=True)
+        sitk.WriteImage(phantom.labels, str(truth / f"phantom_{seed}.nrrd"), useCompression=True)
+        log(f"held-out phantom {seed}: {seconds[-1]:.1f} s")
+    metrics, summary = evaluation.evaluate_folders(predicted, truth)
+    evaluation.write_reports(metrics, summary, out_dir / "report")
+    return {"summary": summary, "per_case": [asdict(m) for m in metrics], "seconds_per_case": seconds,
+            "markdown": evaluation.markdown_table(summary)}
+
+
+def register_entries(entries: list[ModelEntry]) -> None:
+    """Add or replace the demo entries in the manifest (other entries untouched)."""
+    document = json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))
+    new_ids = {entry.id for entry in entries}
+    document["models"] = [m for m in document["models"] if m["id"] not in new_ids] + [e.to_dict() for e in entries]
+    MANIFEST_FILE.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, command: str, held_out: str) -> Path:
+    result, config = trained["result"], trained["config"]
+    structure = "liver" if config.stage == "liver" else "tumor"
+    s = evaluation_result["summary"][structure]
+    lines = [
+        f"# {entry.title}", "",
+        "**Demo only.** Trained on synthetic CT phantoms generated by this project; it has never seen a patient "
+        "and must not be used on clinical images. It exists so that the pipeline runs end to end offline.", "",
+        "## How it was made", "", f"```\n{command}\n```", "",
+        f"- Data: {entry.training_data}; phantoms from `LiverTumorSegLib.phantom.make_phantom`, seeds fixed.",
+        f"- Network: MONAI SegResNet {dict(entry.network['args'])}; inputs {list(entry.input_channels)}.",
+        f"- Preprocessing: RAS, spacing {list(entry.spacing_mm)} mm, HU clipped to "
+        f"[{entry.intensity['hu_min']}, {entry.intensity['hu_max']}] and scaled to [0, 1]; patches "
+        f"{list(entry.roi_size)} voxels.",
+        f"- Training: thesis recipe (`LiverTumorSegLib.training`), {result['epochs_run']} epochs of "
+        f"{config.iterations_per_epoch} iterations, batch {config.batch_size}, seed {config.seed}; "
+        f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}.",
+        f"- File: `{entry.local_path}`, {entry.size_bytes} bytes, SHA-256 `{entry.sha256}`.", "",
+        "## Held-out phantoms (cascade: demo liver model, then demo tumor model)", "", held_out, "",
+        f"{structure.capitalize()} per-case DSC mean {s['dsc_mean']:.3f}, global DSC {s['dsc_global']:.3f}.", "",
+        evaluation_result["markdown"],
+        f"Mean cascade time per held-out case on the training machine's CPU: "
+        f"{sum(evaluation_result['seconds_per_case']) / len(evaluation_result['seconds_per_case']):.1f} s.", "",
+        "These figures are on phantoms from the same generator as the training data; they say the code "
+        "works, not how a model would do on real CT (compare DESIGN.md's reference numbers only for real data).",
+    ]
+    path = DEMO_DIR / Path(entry.card).name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    from .datasets import make_phantom_dataset
+
+    command = "livertumor demo-models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=1000, size_xy=args.size)
+    common = {"epochs": args.epochs, "iterations": args.iterations, "val_interval": args.val_interval,
+              "patience": args.patience, "seed": 0, "log": log}
+    liver = train_stage(LIVER_RECIPE, data_root, args.work, **common)
+    tumor = train_stage(TUMOR_RECIPE, data_root, args.work, **common)
+    entries = [export_stage(liver, "demo_liver_segresnet.md"), export_stage(tumor, "demo_tumor_segresnet.md")]
+    seeds = range(5000, 5000 + args.held_out)
+    held_out = (f"{args.held_out} phantoms with seeds {seeds.start}..{seeds.stop - 1} (not used in training), "
+                f"{args.size}x{args.size} in-plane, evaluated on their own voxel grid with `livertumor evaluate`'s metrics.")
+    evaluated = evaluate_held_out(entries[0], entries[1], args.work / "held_out", seeds, args.size, log=log)
+    for entry, trained in zip(entries, (liver, tumor), strict=True):
+        write_card(entry, trained, evaluated, command, held_out)
+    register_entries(entries)
+    print(json.dumps({"liver": evaluated["summary"]["liver"], "tumor": evaluated["summary"]["tumor"]}, default=float))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser("demo-models", help="train, evaluate and register the phantom demo models",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="working folder (phantoms, checkpoints, reports)")
+    parser.add_argument("--phantoms", type=int, default=40, help="training + validation phantoms")
+    parser.add_argument("--held-out", type=int, default=8, help="held-out phantoms for the evaluation")
+    parser.add_argument("--size", type=int, default=256, help="in-plane matrix of the phantoms")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch")
+    parser.add_argument("--val-interval", type=int, default=5)
+    parser.add_argument("--patience", type=int, default=15)
+    parser.set_defaults(func=_run_cli)

@@ -1,0 +1,35 @@
+"""Python packages the worker needs, and which of them are missing (no import of the packages themselves).
+
+Inside Slicer the module installs what is missing on the first Run, after asking: torch through the
+PyTorch extension (which picks the build for the machine's GPU), the rest with ``slicer.util.pip_install``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+# import name -> pip requirement (lower bounds as in pyproject.toml)
+WORKER_REQUIREMENTS = {
+    "torch": "torch>=2.2",
+    "monai": "monai>=1.4",
+    "SimpleITK": "SimpleITK>=2.3",
+    "pydicom": "pydicom>=3.0",
+    "pylibjpeg": "pylibjpeg>=2.0",
+    "libjpeg": "pylibjpeg-libjpeg>=2.1",
+    "openjpeg": "pylibjpeg-openjpeg>=2.3",
+    "rle": "pylibjpeg-rle>=2.0",
+    "scipy": "scipy>=1.11",
+    "PIL": "pillow>=10.1",
+}
+
+
+def missing_modules(requirements: dict[str, str] | None = None) -> list[str]:
+    """Import names of the requirements that cannot be found, in declaration order."""
+    requirements = WORKER_REQUIREMENTS if requirements is None else requirements
+    return [name for name in requirements if importlib.util.find_spec(name) is None]
+
+
+def pip_requirements(module_names: list[str], requirements: dict[str, str] | None = None) -> list[str]:
+    """The pip requirement strings for ``module_names`` (torch excluded: the PyTorch extension installs it)."""
+    requirements = WORKER_REQUIREMENTS if requirements is None else requirements
+    return [requirements[name] for name in module_names if name != "torch"]

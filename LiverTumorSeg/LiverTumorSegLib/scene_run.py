@@ -1,0 +1,102 @@
+"""Run the segmentation worker on a volume node and bring its results into the scene (no Qt).
+
+The Slicer widget starts a ``SegmentationRun``, drains ``poll()`` from a ``qt.QTimer`` and calls
+``finish()`` when ``running()`` turns false; scripts and the self-tests call ``run_blocking()``. The scene
+is changed only when the worker succeeded; the temporary folder (input copy, job, outputs) is removed in
+every outcome.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from . import scene as scene_bridge
+from .process import ProgressEvent, WorkerProcess
+
+
+class RunFailed(RuntimeError):
+    """The worker ended with an error; the message is the worker's one-line reason."""
+
+
+class RunCancelled(RuntimeError):
+    """The user cancelled the run; nothing was added to the scene."""
+
+
+def default_python() -> str:
+    """``PythonSlicer`` inside Slicer (the Slicer executable is not a Python interpreter), else this Python."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class SegmentationRun:
+    """One run of the cascade on ``volume_node`` (a CT in HU).
+
+    ``device`` is ``"auto"`` or ``"cpu"`` (the latter also hides GPUs from the worker with
+    ``CUDA_VISIBLE_DEVICES=-1``). ``launcher`` is ``slicer.util.launchConsoleProcess``-compatible
+    (``launcher(args, env) -> Popen``); the default starts a plain subprocess.
+    """
+
+    def __init__(self, volume_node, *, liver_model: str, tumor_model: str | None, device: str = "auto",
+                 min_tumor_ml: float = 0.1, per_lesion_segments: bool = False, python: str | None = None,
+                 launcher=None, manifest: str | Path | None = None) -> None:
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise ValueError("No CT volume selected: load or select a CT volume first.")
+        self.volume_node = volume_node
+        self.per_lesion_segments = per_lesion_segments
+        job = {"liver_model": liver_model, "tumor_model": tumor_model, "device": device,
+               "min_tumor_ml": float(min_tumor_ml)}
+        if manifest is not None:
+            job["manifest"] = str(manifest)
+        extra_env = {"CUDA_VISIBLE_DEVICES": "-1"} if device == "cpu" else {}
+        options = {"python": python or default_python(), "extra_env": extra_env}
+        if launcher is not None:
+            options["launcher"] = launcher
+        self.worker = WorkerProcess(job, **options)
+        self.last_progress: ProgressEvent | None = None
+
+    def start(self) -> None:
+        """Write the volume to the job folder as NRRD (HU, LPS geometry) and start the worker."""
+        input_path = self.worker.work_dir / "input.nrrd"
+        sitk.WriteImage(scene_bridge.image_from_volume_node(self.volume_node), str(input_path))
+        self.worker.job["input"] = {"image": str(input_path)}
+        self.worker.start()
+
+    def poll(self) -> list[ProgressEvent]:
+        events = self.worker.poll()
+        if events:
+            self.last_progress = events[-1]
+        return events
+
+    def running(self) -> bool:
+        return self.worker.running()
+
+    def log_lines(self) -> list[str]:
+        return self.worker.log
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+
+    def finish(self):
+        """After the worker ended: import its results (new segmentation node) or raise; always clean up."""
+        try:
+            outcome = self.worker.outcome()
+            if outcome.cancelled:
+                raise RunCancelled("Segmentation cancelled.")
+            if not outcome.succeeded:
+                raise RunFailed(outcome.error or "the segmentation worker failed:\n" + "\n".join(outcome.log[-5:]))
+            from .scene_results import import_results
+
+            return import_results(self.worker.output_dir, self.volume_node,
+                                  per_lesion_segments=self.per_lesion_segments)
+        finally:
+            self.worker.cleanup()
+
+    def run_blocking(self, on_progress: Callable[[ProgressEvent], None] | None = None, timeout_s: float | None = None):
+        """Start, wait (forwarding progress) and finish; returns the new segmentation node."""
+        self.start()
+        self.worker.wait(timeout_s=timeout_s, on_progress=on_progress)
+        return self.finish()
