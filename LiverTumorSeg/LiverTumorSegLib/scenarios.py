@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import dicom_io, scene_input
+from . import dicom_io, flr_scenarios, scene_input
 from . import scene as scene_bridge
 from .hu_windows import load_presets
 from .phantom import make_phantom, write_phantom
@@ -88,6 +88,7 @@ SCENARIOS: dict[str, Callable[[object, Path], None]] = {
     "load_phantom_dicom": load_phantom_dicom,
     "window_presets": window_presets,
     "bad_dicom_leaves_scene_unchanged": bad_dicom_leaves_scene_unchanged,
+    **flr_scenarios.SCENARIOS,
 }
 
 
