@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from LiverTumorSegLib import headless_slicer as slicer_bootstrap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared fixture modules beside this file
+
 pytest_plugins: list[str] = []
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import slicer_bootstrap` in tests
-
-import slicer_bootstrap  # noqa: E402
 
 
 @pytest.fixture(scope="session")

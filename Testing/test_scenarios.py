@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from LiverTumorSegLib import scenarios as seg_scenarios
 from TNMStagingLib import scenarios as staging_scenarios
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import slicer_bootstrap
+
+from LiverTumorSegLib import headless_slicer as slicer_bootstrap
 
 MODULES = {  # slicer.modules attribute -> (module name registered on the application logic, logic class)
     "colors": ("Colors", "vtkSlicerColorLogic"),
