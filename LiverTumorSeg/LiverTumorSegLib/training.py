@@ -164,7 +164,7 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     ``metrics.csv`` (and TensorBoard when it is installed) in ``out_dir``.
     """
     import torch
-    from monai.data import DataLoader, Dataset
+    from monai.data import CacheDataset, DataLoader
     from monai.losses import DiceFocalLoss
     from monai.utils import set_determinism
 
@@ -183,9 +183,11 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     if state:
         log(f"resuming after epoch {state['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
 
-    train_loader = DataLoader(Dataset(train_cases, build_transforms(config, training=True)),
+    # CacheDataset keeps the deterministic part (load, orient, resample, crop) in memory: only the random
+    # augmentation runs per iteration.
+    train_loader = DataLoader(CacheDataset(train_cases, build_transforms(config, training=True), progress=False),
                               batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers)
-    val_data = Dataset(val_cases, build_transforms(config, training=False))
+    val_data = CacheDataset(val_cases, build_transforms(config, training=False), progress=False)
     writer = _tensorboard_writer(out_dir)
     entry = config.manifest_entry("best.pt").to_dict()
     epoch = start_epoch - 1
