@@ -24,10 +24,10 @@ from .model_manifest import MANIFEST_FILE, ModelEntry
 DEMO_DIR = MANIFEST_FILE.parent / "demo"
 
 # The committed demo models (see their model cards for the measured figures).
-LIVER_RECIPE = {"stage": "liver", "spacing_mm": (2.5, 2.5, 2.5), "roi_size": (96, 96, 64), "init_filters": 8,
+LIVER_RECIPE = {"stage": "liver", "spacing_mm": (3.0, 3.0, 3.0), "roi_size": (64, 64, 48), "init_filters": 8,
                 "sw_overlap": 0.25, "model_id": "demo-liver-segresnet",
-                "title": "Demo liver SegResNet (2.5 mm, phantom-trained)"}
-TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (96, 96, 32), "init_filters": 16,
+                "title": "Demo liver SegResNet (3 mm, phantom-trained)"}
+TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (96, 96, 32), "init_filters": 8,
                 "sw_overlap": 0.25, "model_id": "demo-tumor-segresnet",
                 "title": "Demo liver-tumor SegResNet (1.5 mm, phantom-trained)"}
 

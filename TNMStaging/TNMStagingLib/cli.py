@@ -15,6 +15,7 @@ import sys
 # Feature modules (relative to this package) that register sub-commands, in help order.
 COMMAND_MODULES = [
     "ajcc",
+    "training_cli",
 ]
 
 
