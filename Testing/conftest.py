@@ -11,7 +11,7 @@ from LiverTumorSegLib import headless_slicer as slicer_bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared fixture modules beside this file
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["phantom_fixtures"]
 
 
 @pytest.fixture(scope="session")
