@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from TNMStagingLib import ajcc, cli
 
 # (diameters mm, reader findings, expected T): every T boundary and every finding that moves T.
@@ -258,10 +259,10 @@ def test_cli_requires_diameters(capsys):
 
 def test_cli_subprocess():
     command = [sys.executable, "-m", "TNMStagingLib.cli", "rules", "--diameters-mm", "18,60"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    completed = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=60, check=False)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == ajcc.stage([18.0, 60.0]).to_dict()
-    bad = subprocess.run([*command[:-1], "18,-1"], capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run([*command[:-1], "18,-1"], capture_output=True, text=True, encoding="utf-8", timeout=60, check=False)
     assert bad.returncode == 2
     assert bad.stdout == ""
     expected = (

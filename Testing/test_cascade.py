@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from LiverTumorSegLib.cascade import (
     NoLiverFoundWarning,
     clean_liver_mask,

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from LiverTumorSegLib.cli import main
 from LiverTumorSegLib.flr import (
     FIGURE_KEYS,
@@ -236,7 +237,7 @@ def test_cli_file_errors(labels_path, tmp_path, capsys):
 
 def test_cli_subprocess(labels_path):
     command = [sys.executable, "-m", "LiverTumorSegLib.cli", "flr", "--labels", str(labels_path)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert completed.returncode == 0, completed.stderr
     data = json.loads(completed.stdout)
     assert data["resected_ml"] == 0.0 and data["flr_ratio"] == 1.0 and data["verdict"] == "adequate"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
+
 from LiverTumorSegLib.flr import FLRCalculator, compute_figures
 from LiverTumorSegLib.flr_report import (
     NOT_AVAILABLE,
@@ -17,7 +19,6 @@ from LiverTumorSegLib.flr_report import (
     write_flr_preview,
 )
 from LiverTumorSegLib.resection import Plane
-from PIL import Image
 
 
 def _figures(**patient):

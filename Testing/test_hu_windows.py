@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from LiverTumorSegLib.hu_windows import HUWindow, get_preset, load_presets, model_input_window
 
 

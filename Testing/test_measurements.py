@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from LiverTumorSegLib.measurements import axial_axis, measure_labelmap, measure_lesions
 
 

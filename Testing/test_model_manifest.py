@@ -7,6 +7,7 @@ import json
 
 import pytest
 from jsonschema import Draft202012Validator
+
 from LiverTumorSegLib.model_manifest import (
     MANIFEST_FILE,
     SCHEMA_FILE,

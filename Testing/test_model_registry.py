@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from LiverTumorSegLib import model_registry as registry
 from LiverTumorSegLib.model_manifest import ModelEntry
 
@@ -363,7 +364,7 @@ def test_cli_subprocess_fetch_with_progress(server, requests, tmp_path):
             "test-model",
         ],
         capture_output=True,
-        text=True,
+        text=True, encoding="utf-8",
         env=env,
         timeout=120,
     )

@@ -6,6 +6,7 @@ import collections
 
 import pytest
 import torch
+
 from LiverTumorSegLib.model_manifest import ModelEntry
 from LiverTumorSegLib.networks import LoadedModel, NetworkError, build_network, load_model
 

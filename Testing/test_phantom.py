@@ -230,7 +230,7 @@ def test_cli_writes_the_phantom_and_prints_one_json_line(tmp_path):
             "2",
         ],
         capture_output=True,
-        text=True,
+        text=True, encoding="utf-8",
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from LiverTumorSegLib.model_manifest import ModelEntry
 from LiverTumorSegLib.preprocessing import (
     PreprocessingError,

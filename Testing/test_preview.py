@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
+from scipy import ndimage
+
 from LiverTumorSegLib.hu_windows import HUWindow, get_preset
 from LiverTumorSegLib.preview import (
     DEFAULT_COLORS,
@@ -17,8 +20,6 @@ from LiverTumorSegLib.preview import (
     render_plane,
     write_previews,
 )
-from PIL import Image
-from scipy import ndimage
 
 WIDE = HUWindow.from_range("wide", "Wide", -1000.0, 1000.0)
 
@@ -205,7 +206,7 @@ def test_cli_writes_window_plane_files(tmp_path):
         "--out",
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["center_mm"] == pytest.approx([-12.0, 0.0, 0.0], abs=0.6)
@@ -218,7 +219,7 @@ def test_cli_writes_window_plane_files(tmp_path):
     missing = subprocess.run(
         command[:5] + [str(tmp_path / "nope.nrrd"), "--out", str(out)],
         capture_output=True,
-        text=True,
+        text=True, encoding="utf-8",
         timeout=120,
     )
     assert missing.returncode == 2 and "nope.nrrd" in missing.stderr

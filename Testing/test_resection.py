@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from LiverTumorSegLib.resection import (
     Plane,
     ResectionGeometry,

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from LiverTumorSegLib import scene as scene_bridge
 from LiverTumorSegLib import scene_flr
 from LiverTumorSegLib.flr import FLRCalculator

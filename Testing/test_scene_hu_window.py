@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from LiverTumorSegLib import scene
 from LiverTumorSegLib.hu_windows import load_presets
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from LiverTumorSegLib import scene
 from LiverTumorSegLib.segment_terminology import TERMINOLOGY_FILE, load_segment_definitions
 

@@ -215,5 +215,5 @@ def test_core_library_never_imports_slicer_or_qt():
 
 def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    result = subprocess.run([ruff, "check", str(REPO)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([ruff, "check", str(REPO)], capture_output=True, text=True, encoding="utf-8", cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -77,7 +77,7 @@ def job_file(tmp_path: Path, manifest: Path, image: Path, **extra) -> Path:
 
 def run_worker(job: Path, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "LiverTumorSegLib.worker", str(job)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, encoding="utf-8", timeout=timeout)
 
 
 def progress_lines(stdout: str) -> list[dict]:
@@ -180,7 +180,7 @@ def test_sigterm_directly_to_the_worker_exits_130(tmp_path, manifest):
     write_ct(tmp_path / "ct.nrrd", size=(160, 160, 96), spacing=(1.0, 1.0, 1.5))
     job = job_file(tmp_path, manifest, tmp_path / "ct.nrrd")
     worker = subprocess.Popen([sys.executable, "-m", "LiverTumorSegLib.worker", str(job)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, encoding="utf-8")
     for line in worker.stdout:
         if '"stage": "liver"' in line:
             break

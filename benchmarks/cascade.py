@@ -28,6 +28,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 import torch
+
 from LiverTumorSegLib.cascade import run_cascade
 from LiverTumorSegLib.inference import count_windows, infer_labels, select_device
 from LiverTumorSegLib.model_manifest import ModelEntry

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
+
 from LiverTumorSegLib.flr import FLRCalculator, compute_flr
 from LiverTumorSegLib.resection import Plane
 

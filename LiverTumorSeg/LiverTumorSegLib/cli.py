@@ -17,6 +17,13 @@ COMMAND_MODULES = [
     "dicom_io",
     "phantom",
     "preview",
+    "worker",
+    "flr",
+    "training",
+    "evaluation",
+    "demo",
+    "demo_models",
+    "model_registry",
 ]
 
 

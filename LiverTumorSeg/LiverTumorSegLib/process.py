@@ -58,7 +58,7 @@ class WorkerOutcome:
 
 
 def default_launcher(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
                             bufsize=1)
 
 

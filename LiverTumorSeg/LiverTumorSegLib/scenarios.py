@@ -84,10 +84,89 @@ def bad_dicom_leaves_scene_unchanged(scene, work_dir: Path) -> None:
     assert not _volume_nodes(scene)
 
 
+DEMO_LIVER_MODEL, DEMO_TUMOR_MODEL = "demo-liver-segresnet", "demo-tumor-segresnet"
+RUN_PHANTOM = {"seed": 11, "size_xy": 192, "n_tumors": 2}
+
+
+def _liver_terminology_ok(segmentation_node) -> None:
+    import vtk
+
+    from .segment_terminology import load_segment_definitions
+
+    definitions = load_segment_definitions()
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id, name in (("liver", "Liver"), ("liver_tumor", "Liver tumor")):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        assert segment is not None, f"no {name} segment"
+        value = vtk.reference("")
+        assert segment.GetTag("TerminologyEntry", value), f"{name} has no terminology"
+        assert str(value) == definitions[segment_id].terminology_entry, (name, str(value))
+        assert np.allclose(segment.GetColor(), definitions[segment_id].color_rgb, atol=1e-3), name
+
+
+def segment_phantom_with_demo_models(scene, work_dir: Path) -> None:
+    """Phantom DICOM -> volume node -> blocking run with the demo models -> segments with the right
+    terminology, colours and geometry, liver and tumor volumes within 5 % of the phantom truth."""
+    from .scene_results import measure_segmentation
+    from .scene_run import SegmentationRun
+
+    phantom = make_phantom(**RUN_PHANTOM)
+    paths = write_phantom(phantom, work_dir / "phantom")
+    volume_node, _ = scene_input.load_dicom_volume(paths["dicom"], scene=scene)
+    run = SegmentationRun(volume_node, liver_model=DEMO_LIVER_MODEL, tumor_model=DEMO_TUMOR_MODEL, device="cpu")
+    fractions: list[float] = []
+    segmentation_node = run.run_blocking(on_progress=lambda event: fractions.append(event.fraction or 0.0))
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0, "progress is not monotonic to 1"
+    assert not run.worker.work_dir.exists(), "the job folder was not removed"
+    _liver_terminology_ok(segmentation_node)
+    reference = segmentation_node.GetNodeReference(segmentation_node.GetReferenceImageGeometryReferenceRole())
+    assert reference is not None and reference.GetID() == volume_node.GetID(), "reference geometry is not the CT"
+    measured = measure_segmentation(segmentation_node, volume_node)
+    for what, value, truth in (("liver", measured.liver_volume_ml, phantom.liver_volume_ml()),
+                               ("tumor", measured.tumor_volume_ml, phantom.tumor_volume_ml())):
+        assert abs(value - truth) <= 0.05 * truth, f"{what} volume {value:.1f} mL vs truth {truth:.1f} mL"
+
+
+def cancel_mid_run_leaves_nothing(scene, work_dir: Path) -> None:
+    """Cancel during the liver stage: no segmentation node, no job folder, no worker process left."""
+    import os
+
+    from .scene_run import RunCancelled, SegmentationRun
+
+    phantom = make_phantom(**RUN_PHANTOM)
+    volume_node = scene_bridge.volume_node_from_image(phantom.ct, "phantom", scene=scene)
+    nodes_before = scene.GetNumberOfNodes()
+    run = SegmentationRun(volume_node, liver_model=DEMO_LIVER_MODEL, tumor_model=DEMO_TUMOR_MODEL, device="cpu")
+    run.start()
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(e.stage == "liver" for e in run.poll()):
+        time.sleep(0.05)
+    worker_pid = int((run.worker.work_dir / "worker.pid").read_text())
+    run.cancel()
+    try:
+        run.finish()
+    except RunCancelled:
+        pass
+    else:
+        raise AssertionError("a cancelled run returned a segmentation")
+    assert scene.GetNumberOfNodes() == nodes_before, "the scene changed although the run was cancelled"
+    assert not run.worker.work_dir.exists(), "temporary files were left behind"
+    try:
+        os.kill(worker_pid, 0)
+    except ProcessLookupError:
+        pass
+    else:
+        raise AssertionError(f"worker process {worker_pid} is still running")
+
+
 SCENARIOS: dict[str, Callable[[object, Path], None]] = {
     "load_phantom_dicom": load_phantom_dicom,
     "window_presets": window_presets,
     "bad_dicom_leaves_scene_unchanged": bad_dicom_leaves_scene_unchanged,
+    "segment_phantom_with_demo_models": segment_phantom_with_demo_models,
+    "cancel_mid_run_leaves_nothing": cancel_mid_run_leaves_nothing,
     **flr_scenarios.SCENARIOS,
 }
 
