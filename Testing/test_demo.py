@@ -1,0 +1,28 @@
+"""`livertumor demo` end to end on a small phantom: DICOM, scene, previews (and segmentation when demo models exist)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from LiverTumorSegLib import cli
+from LiverTumorSegLib.demo import DEMO_LIVER_MODEL
+from LiverTumorSegLib.model_manifest import load_manifest
+
+
+def test_demo_writes_the_series_truth_and_previews(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--size", "96", "--seed", "5", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Path(summary["out_dir"]) == (tmp_path / "demo").resolve()
+    assert len(list(Path(summary["dicom_dir"]).glob("*.dcm"))) == summary["ct_size"][2]
+    assert Path(summary["truth_labels"]).is_file()
+    assert 1000 < summary["truth_liver_ml"] < 2000
+    for window in ("abdomen", "liver", "model_input_thesis"):
+        for plane in ("axial", "coronal", "sagittal"):
+            image = Image.open(summary["previews"][f"{window}_{plane}"])
+            assert image.size[0] > 64 and image.mode == "RGB"
+    if DEMO_LIVER_MODEL in load_manifest():
+        assert Path(summary["segmentation"]).is_file() and Path(summary["measurements_csv"]).is_file()
+        assert "flr_axial" in summary["previews"]
