@@ -23,6 +23,11 @@ def test_demo_writes_the_series_truth_and_previews(tmp_path, capsys):
         for plane in ("axial", "coronal", "sagittal"):
             image = Image.open(summary["previews"][f"{window}_{plane}"])
             assert image.size[0] > 64 and image.mode == "RGB"
-    if DEMO_LIVER_MODEL in load_manifest():
-        assert Path(summary["segmentation"]).is_file() and Path(summary["measurements_csv"]).is_file()
-        assert "flr_axial" in summary["previews"]
+    assert Path(summary["segmentation"]).is_file() and Path(summary["measurements_csv"]).is_file()
+    assert "flr_axial" in summary["previews"]
+    csv_text = Path(summary["measurements_csv"]).read_text()
+    assert "future liver remnant" in csv_text and "Liver (total)" in csv_text
+    if DEMO_LIVER_MODEL not in load_manifest():  # the truth is imported: the measured volumes are the truth's
+        assert summary["segmentation_source"].startswith("phantom truth")
+        assert abs(summary["liver_ml"] - summary["truth_liver_ml"]) < 0.1
+        assert summary["liver_dice_vs_truth"] == 1.0

@@ -94,11 +94,15 @@ def run_demo(out_dir: str | Path, *, seed: int = 42, size_xy: int = 512, device:
                "truth_tumor_ml": round(phantom.tumor_volume_ml(), 1), "truth_tumors": len(phantom.tumors)}
     models = load_manifest()
     if DEMO_LIVER_MODEL in models and DEMO_TUMOR_MODEL in models:
-        summary.update(_segment_and_measure(ct, phantom.labels, volume_node, out_dir, device, models, log))
+        log(f"[3/5] liver and tumor cascade in the background worker ({models[DEMO_LIVER_MODEL].display_name})")
+        segmentation = _segment(volume_node, out_dir, device, log)
+        summary["segmentation_source"] = "demo models (phantom-trained)"
     else:
         log("[3/5] no demo segmentation models in the manifest yet (`livertumor demo-models` trains them): "
-            "skipping segmentation; previews show the phantom's truth contours")
-        summary["previews"] = _previews(ct, phantom.labels, out_dir, log)
+            "the phantom's TRUTH labelmap is imported as the segmentation instead")
+        segmentation = scene.labelmap_to_segmentation(phantom.labels, volume_node, name="phantom truth")
+        summary["segmentation_source"] = "phantom truth (no demo models yet)"
+    summary.update(_measure(ct, phantom.labels, volume_node, segmentation, out_dir, log))
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     return summary
 
@@ -114,15 +118,13 @@ def _previews(ct: sitk.Image, labels: sitk.Image, out_dir: Path, log) -> dict[st
     return previews
 
 
-def _segment_and_measure(ct: sitk.Image, truth_labels: sitk.Image, volume_node, out_dir: Path, device: str, models,
-                         log) -> dict:
+def _measure(ct: sitk.Image, truth_labels: sitk.Image, volume_node, segmentation, out_dir: Path, log) -> dict:
+    """Save the segmentation, measure it (volumes, lesions, FLR of a demonstration plane), write previews."""
     from . import scene
     from .flr import compute_flr
     from .flr_report import flr_rows, write_flr_preview
     from .scene_results import current_labelmap, table_rows, update_measurements_table
 
-    log(f"[3/5] liver and tumor cascade in the background worker ({models[DEMO_LIVER_MODEL].display_name})")
-    segmentation = _segment(volume_node, out_dir, device, log)
     scene.save_segmentation(segmentation, out_dir / "segmentation.seg.nrrd")
     labels = current_labelmap(segmentation, volume_node)
     sitk.WriteImage(labels, str(out_dir / "labels.nrrd"), useCompression=True)
@@ -150,13 +152,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     summary = run_demo(args.out, seed=args.seed, size_xy=args.size, device=args.device,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(summary))
-    if "liver_ml" in summary:
-        print(f"Liver {summary['liver_ml']} mL (truth {summary['truth_liver_ml']}), tumor {summary['tumor_ml']} mL "
-              f"(truth {summary['truth_tumor_ml']}), {summary['lesions']} lesion(s); FLR "
-              f"{summary['flr']['flr_ml']:.0f} mL ({summary['flr']['verdict']}).", file=sys.stderr)
-    else:
-        print(f"Phantom liver {summary['truth_liver_ml']} mL, tumor {summary['truth_tumor_ml']} mL "
-              f"({summary['truth_tumors']} tumor(s)).", file=sys.stderr)
+    print(f"Segmentation from {summary['segmentation_source']}: liver {summary['liver_ml']} mL (truth "
+          f"{summary['truth_liver_ml']}), tumor {summary['tumor_ml']} mL (truth {summary['truth_tumor_ml']}), "
+          f"{summary['lesions']} lesion(s); FLR {summary['flr']['flr_ml']:.0f} mL ({summary['flr']['verdict']}).",
+          file=sys.stderr)
     print(f"Demo outputs are in {summary['out_dir']}", file=sys.stderr)
     return 0
 
