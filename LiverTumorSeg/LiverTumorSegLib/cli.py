@@ -27,25 +27,33 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="livertumor",
-        description="Liver and liver tumor analysis on CT (LiverTumorAnalysis extension, command line).",
-    )
+def build_registry_parser(prog: str, description: str, package: str, modules: list[str]) -> argparse.ArgumentParser:
+    """An argparse parser whose sub-commands come from ``register_cli`` of each of ``package``'s ``modules``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        module = importlib.import_module(f"{__package__}.{module_name}")
-        module.register_cli(subparsers)
+    for module_name in modules:
+        importlib.import_module(f"{package}.{module_name}").register_cli(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; Ctrl-C is a cancel (exit 130), not a traceback."""
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("livertumor: cancelled", file=sys.stderr)
+        print(f"{parser.prog}: cancelled", file=sys.stderr)
         return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_registry_parser(
+        "livertumor", "Liver and liver tumor analysis on CT (LiverTumorAnalysis extension, command line).",
+        __package__, COMMAND_MODULES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ and ``tnmstaging rules`` stay fast and a missing optional dependency only affect
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from LiverTumorSegLib.cli import build_registry_parser, run_parsed
 
 # Feature modules (relative to this package) that register sub-commands, in help order.
 COMMAND_MODULES = [
@@ -20,25 +21,14 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tnmstaging",
-        description="TNM staging of liver tumours: AJCC 8th-edition rules from measured lesions and the "
-        "reader's findings (LiverTumorAnalysis extension, command line).",
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        module = importlib.import_module(f"TNMStagingLib.{module_name}")
-        module.register_cli(subparsers)
-    return parser
+    return build_registry_parser(
+        "tnmstaging", "TNM staging of liver tumours: AJCC 8th-edition rules from measured lesions and the reader's "
+        "findings, and the learned stage from image features (LiverTumorAnalysis extension, command line).",
+        "TNMStagingLib", COMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("tnmstaging: cancelled", file=sys.stderr)
-        return 130
+    return run_parsed(build_parser(), argv)
 
 
 if __name__ == "__main__":
