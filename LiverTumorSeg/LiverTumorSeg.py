@@ -8,6 +8,7 @@ logic class usable from Slicer's Python console, and the self-test class. Every 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 from typing import Annotated
 
@@ -420,7 +421,9 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         from LiverTumorSegLib.scene_run import SegmentationRun
 
         def launchInSlicer(args, env):
-            return slicer.util.launchConsoleProcess(args, useStartupEnvironment=False, updateEnvironment=env)
+            # Start from Slicer's startup environment (what PythonSlicer expects) plus only our variables.
+            changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
+            return slicer.util.launchConsoleProcess(args, updateEnvironment=changed)
 
         run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
                               min_tumor_ml=minTumorMl, per_lesion_segments=perLesionSegments,
