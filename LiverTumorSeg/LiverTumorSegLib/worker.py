@@ -148,9 +148,9 @@ def run_job(job: dict, emit: Callable[[dict], None], cancel: threading.Event) ->
     timings.update({f"{name}_s" if not name.endswith("_s") else name: value
                     for name, value in result.timings_s.items()})
     progress("write", 0.92, "writing outputs")
+    timings["total_s"] = time.perf_counter() - started  # everything but writing the outputs
     results = _results_document(job, source, image, result, liver, tumor, timings)
     _write_outputs(out_dir, result.labels, results, cancel)
-    timings["total_s"] = time.perf_counter() - started
     progress("done", 1.0, f"liver {results['liver_volume_ml']:.0f} mL, {len(results['lesions'])} lesion(s)")
     return results
 
