@@ -65,6 +65,21 @@ def test_training_logs_checkpoints_and_resumes(stage, blob_cases, tmp_path):
     assert len(torch.load(tmp_path / "last.pt", weights_only=False)["history"]) == 4
 
 
+def test_resuming_a_finished_run_trains_nothing_and_takes_the_new_plateau_patience(blob_cases, tmp_path):
+    train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
+    config = tiny_config("liver", 2)
+    training.train(config, train_cases, val_cases, tmp_path, log=lambda _: None)
+    before = (tmp_path / "last.pt").read_bytes()
+    messages = []
+    again = training.train(config, train_cases, val_cases, tmp_path, log=messages.append)
+    assert again["epochs_run"] == 2 and (tmp_path / "last.pt").read_bytes() == before
+    assert any("nothing left to train" in m for m in messages)
+    # a longer run resumes with the configured plateau patience, not the one stored in the checkpoint
+    longer = training.TrainConfig(**{**config.__dict__, "max_epochs": 3, "plateau_patience": 1})
+    training.train(longer, train_cases, val_cases, tmp_path, log=lambda _: None)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["scheduler"]["patience"] == 1
+
+
 def test_export_writes_weights_with_their_checksum(blob_cases, tmp_path):
     train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
     result = training.train(tiny_config("liver", 1), train_cases, val_cases, tmp_path, log=lambda _: None)

@@ -27,19 +27,20 @@ DEMO_DIR = MANIFEST_FILE.parent / "demo"
 LIVER_RECIPE = {"stage": "liver", "spacing_mm": (3.0, 3.0, 3.0), "roi_size": (64, 64, 48), "init_filters": 8,
                 "sw_overlap": 0.25, "learning_rate": 1e-3, "model_id": "demo-liver-segresnet",
                 "title": "Demo liver SegResNet (3 mm, phantom-trained)"}
-TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (96, 96, 32), "init_filters": 8,
+TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (64, 64, 32), "init_filters": 8,
                 "sw_overlap": 0.25, "learning_rate": 1e-3, "model_id": "demo-tumor-segresnet",
                 "title": "Demo liver-tumor SegResNet (1.5 mm, phantom-trained)"}
 
 
 def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, iterations: int, val_interval: int,
-                patience: int, seed: int, log=print) -> dict:
+                patience: int, seed: int, plateau_patience: int = 1, log=print) -> dict:
     from .datasets import list_msd_cases, split_cases
     from .training import TrainConfig, train
 
     train_cases, val_cases = split_cases(list_msd_cases(data_root), 0.15, seed)
     config = TrainConfig(**recipe, max_epochs=epochs, iterations_per_epoch=iterations, samples_per_volume=2,
-                         batch_size=2, val_interval=val_interval, early_stopping_patience=patience, seed=seed,
+                         batch_size=2, val_interval=val_interval, early_stopping_patience=patience,
+                         plateau_patience=plateau_patience, seed=seed,
                          demo_only=True,
                          training_data=f"{len(train_cases)} synthetic CT phantoms (validation {len(val_cases)}), "
                                        f"{data_root.name}")
@@ -137,10 +138,10 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=1000, size_xy=args.size)
-    common = {"epochs": args.epochs, "iterations": args.iterations, "val_interval": args.val_interval,
-              "patience": args.patience, "seed": 0, "log": log}
-    liver = train_stage(LIVER_RECIPE, data_root, args.work, **common)
-    tumor = train_stage(TUMOR_RECIPE, data_root, args.work, **common)
+    common = {"iterations": args.iterations, "val_interval": args.val_interval, "patience": args.patience,
+              "plateau_patience": args.plateau_patience, "seed": 0, "log": log}
+    liver = train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common)
+    tumor = train_stage(TUMOR_RECIPE, data_root, args.work, epochs=args.tumor_epochs or args.epochs, **common)
     entries = [export_stage(liver, "demo_liver_segresnet.md"), export_stage(tumor, "demo_tumor_segresnet.md")]
     seeds = range(5000, 5000 + args.held_out)
     held_out = (f"{args.held_out} phantoms with seeds {seeds.start}..{seeds.stop - 1} (not used in training), "
@@ -158,10 +159,13 @@ def register_cli(subparsers) -> None:
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="working folder (phantoms, checkpoints, reports)")
     parser.add_argument("--phantoms", type=int, default=40, help="training + validation phantoms")
-    parser.add_argument("--held-out", type=int, default=8, help="held-out phantoms for the evaluation")
+    parser.add_argument("--held-out", type=int, default=6, help="held-out phantoms for the evaluation")
     parser.add_argument("--size", type=int, default=256, help="in-plane matrix of the phantoms")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch")
-    parser.add_argument("--val-interval", type=int, default=5)
-    parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=60, help="maximum epochs (liver stage; tumor too unless given)")
+    parser.add_argument("--tumor-epochs", type=int, default=None, help="maximum epochs of the tumor stage")
+    parser.add_argument("--iterations", type=int, default=17, help="iterations per epoch")
+    parser.add_argument("--val-interval", type=int, default=4, help="epochs between validations")
+    parser.add_argument("--patience", type=int, default=20, help="early stopping: epochs without a better Dice")
+    parser.add_argument("--plateau-patience", type=int, default=1,
+                        help="validations without a better Dice before the learning rate is halved")
     parser.set_defaults(func=_run_cli)

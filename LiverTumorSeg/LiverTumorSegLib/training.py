@@ -49,8 +49,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     background_weight: float = 0.1
     val_interval: int = 1
-    early_stopping_patience: int = 30
-    plateau_patience: int = 10
+    early_stopping_patience: int = 30  # epochs without a better validation Dice
+    plateau_patience: int = 10  # validations without a better Dice before the learning rate is halved
     sw_overlap: float = 0.4
     crop_margin_mm: float = 10.0
     seed: int = 0
@@ -177,11 +177,16 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
                                                            patience=config.plateau_patience)
     loss_function = DiceFocalLoss(to_onehot_y=True, softmax=True, weight=[config.background_weight, 1.0])
     state = _resume_state(out_dir / "last.pt", model, optimizer, scheduler) if resume else None
+    scheduler.patience = config.plateau_patience  # the configuration wins over a resumed schedule
     start_epoch = state["epoch"] + 1 if state else 0
     best = {"dice": state["best_dice"], "epoch": state["best_epoch"]} if state else {"dice": -1.0, "epoch": -1}
     history: list[dict] = state["history"] if state else []
     if state:
         log(f"resuming after epoch {state['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
+        if start_epoch >= config.max_epochs or state["epoch"] - best["epoch"] >= config.early_stopping_patience:
+            log("nothing left to train: the resumed run had finished")
+            return {"best_dice": best["dice"], "best_epoch": best["epoch"], "epochs_run": start_epoch,
+                    "checkpoint": str(out_dir / "best.pt")}
 
     # CacheDataset keeps the deterministic part (load, orient, resample, crop) in memory: only the random
     # augmentation runs per iteration.
