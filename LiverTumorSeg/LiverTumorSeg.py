@@ -8,7 +8,6 @@ logic class usable from Slicer's Python console, and the self-test class. Every 
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 from typing import Annotated
 
@@ -358,6 +357,37 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             flr=figures["flr_ml"], ratio=figures["flr_ratio"], verdict=figures["verdict"])
 
 
+def ensurePythonPackages(requirements: dict, purpose: str, askUser: bool = True) -> bool:
+    """Install the missing ``requirements`` (import name -> pip requirement) after asking: torch and
+    torchvision through the PyTorch extension, the rest with ``slicer.util.pip_install``. False when the
+    user declines; ``RuntimeError`` with a readable reason when an install fails."""
+    missing = dependencies.missing_modules(requirements)
+    if not missing:
+        return True
+    if askUser and not slicer.util.confirmOkCancelDisplay(
+            _("{purpose} needs these Python packages, which are not installed yet: {packages}. "
+              "Install them now? This can take several minutes.").format(purpose=purpose,
+                                                                        packages=", ".join(missing))):
+        return False
+    if set(missing) & set(dependencies.PYTORCH_EXTENSION_PACKAGES):
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(_("This module needs the 'PyTorch' extension. Install it from the Extensions "
+                                 "Manager, restart Slicer and press Run again.")) from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+            raise RuntimeError(_("PyTorch could not be installed; see the Python console for details."))
+    pipRequirements = dependencies.pip_requirements(missing, requirements)
+    if pipRequirements:
+        try:
+            slicer.util.pip_install(pipRequirements)
+        except Exception as error:
+            raise RuntimeError(_("Installing {packages} failed: {error}").format(
+                packages=" ".join(pipRequirements), error=error)) from error
+    return True
+
+
 class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     """Scriptable logic (usable from the Python console without the widget).
 
@@ -389,45 +419,17 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         scene.apply_hu_window(volumeNode, window)
 
     def ensureDependencies(self, askUser: bool = True) -> bool:
-        """Install what the worker needs, after asking: torch via the PyTorch extension, the rest with pip."""
-        missing = dependencies.missing_modules()
-        if not missing:
-            return True
-        if askUser and not slicer.util.confirmOkCancelDisplay(
-                _("Liver segmentation needs these Python packages, which are not installed yet: {packages}. "
-                  "Install them now? This can take several minutes.").format(packages=", ".join(missing))):
-            return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise RuntimeError(_("This module needs the 'PyTorch' extension. Install it from the Extensions "
-                                     "Manager, restart Slicer and press Run again.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
-                raise RuntimeError(_("PyTorch could not be installed; see the Python console for details."))
-        requirements = dependencies.pip_requirements(missing)
-        if requirements:
-            try:
-                slicer.util.pip_install(requirements)
-            except Exception as error:
-                raise RuntimeError(_("Installing {packages} failed: {error}").format(
-                    packages=" ".join(requirements), error=error)) from error
-        return True
+        """Install what the segmentation worker needs, after asking (see ``ensurePythonPackages``)."""
+        return ensurePythonPackages(dependencies.WORKER_REQUIREMENTS, _("Liver segmentation"), askUser)
 
     def startSegmentation(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
                           minTumorMl: float = 0.1, perLesionSegments: bool = False, launcher=None):
         """Start the cascade in a background process; returns the run (poll, cancel, finish)."""
-        from LiverTumorSegLib.scene_run import SegmentationRun
-
-        def launchInSlicer(args, env):
-            # Start from Slicer's startup environment (what PythonSlicer expects) plus only our variables.
-            changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
-            return slicer.util.launchConsoleProcess(args, updateEnvironment=changed)
+        from LiverTumorSegLib.scene_run import SegmentationRun, slicer_launcher
 
         run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
                               min_tumor_ml=minTumorMl, per_lesion_segments=perLesionSegments,
-                              launcher=launcher or launchInSlicer)
+                              launcher=launcher or slicer_launcher)
         run.start()
         return run
 

@@ -14,5 +14,5 @@ def test_liver_tumor_seg_scenario(name, mrml_scene, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(staging_scenarios.SCENARIOS))
-def test_tnm_staging_scenario(name, mrml_scene):
-    staging_scenarios.run(name, mrml_scene)
+def test_tnm_staging_scenario(name, mrml_scene, tmp_path):
+    staging_scenarios.run(name, mrml_scene, tmp_path)

@@ -22,6 +22,18 @@ WORKER_REQUIREMENTS = {
     "PIL": "pillow>=10.1",
 }
 
+# The staging worker (TNMStaging) needs the segmentation worker's packages plus these.
+STAGING_REQUIREMENTS = {
+    **WORKER_REQUIREMENTS,
+    "torchvision": "torchvision>=0.17",
+    "segment_anything": "segment-anything>=1.0",
+    "sklearn": "scikit-learn>=1.4",
+    "xgboost": "xgboost>=3.2",
+}
+
+# Installed with torch by the PyTorch extension (it picks the builds that match the machine's GPU).
+PYTORCH_EXTENSION_PACKAGES = ("torch", "torchvision")
+
 
 def missing_modules(requirements: dict[str, str] | None = None) -> list[str]:
     """Import names of the requirements that cannot be found, in declaration order."""
@@ -30,6 +42,7 @@ def missing_modules(requirements: dict[str, str] | None = None) -> list[str]:
 
 
 def pip_requirements(module_names: list[str], requirements: dict[str, str] | None = None) -> list[str]:
-    """The pip requirement strings for ``module_names`` (torch excluded: the PyTorch extension installs it)."""
+    """The pip requirement strings for ``module_names`` (torch and torchvision excluded: the PyTorch
+    extension installs them)."""
     requirements = WORKER_REQUIREMENTS if requirements is None else requirements
-    return [requirements[name] for name in module_names if name != "torch"]
+    return [requirements[name] for name in module_names if name not in PYTORCH_EXTENSION_PACKAGES]

@@ -65,14 +65,19 @@ def default_launcher(args: Sequence[str], env: dict[str, str]) -> subprocess.Pop
 class WorkerProcess:
     """One worker run of one job.
 
-    ``job`` is the job dict of ``LiverTumorSegLib.worker`` without ``output_dir`` (set here to a folder in
-    the job's temporary folder unless given). ``python`` is the interpreter (``PythonSlicer`` in Slicer).
+    ``job`` is the job dict of the worker ``module`` (default the segmentation worker,
+    ``LiverTumorSegLib.worker``) without ``output_dir`` (set here to a folder in the job's temporary folder
+    unless given). ``python`` is the interpreter (``PythonSlicer`` in Slicer). ``python_path`` lists folders
+    the worker imports from besides the one holding ``LiverTumorSegLib`` (e.g. the TNMStaging module folder).
     ``extra_env`` is added to the environment (e.g. ``CUDA_VISIBLE_DEVICES=-1`` to force the CPU).
     """
 
     def __init__(self, job: dict[str, Any], *, python: str | None = None,
                  launcher: Callable[[Sequence[str], dict[str, str]], subprocess.Popen] = default_launcher,
-                 extra_env: dict[str, str] | None = None, work_dir: str | Path | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, work_dir: str | Path | None = None,
+                 module: str = "LiverTumorSegLib.worker", python_path: Sequence[str | Path] = ()) -> None:
+        self.module = module
+        self._python_path = [str(folder) for folder in python_path] + [str(LIBRARY_PARENT)]
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="LiverTumorSeg-job-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.job = dict(job)
@@ -99,11 +104,11 @@ class WorkerProcess:
         job_file = self.work_dir / "job.json"
         job_file.write_text(json.dumps(self.job, indent=2))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBRARY_PARENT), env.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*self._python_path, env.get("PYTHONPATH", "")]))
         env["LIVERTUMOR_WORKER_PID_FILE"] = str(self.work_dir / PID_FILE)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self._extra_env)
-        self._process = self._launcher([self.python, "-m", "LiverTumorSegLib.worker", str(job_file)], env)
+        self._process = self._launcher([self.python, "-m", self.module, str(job_file)], env)
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
 

@@ -161,31 +161,30 @@ def _untrained_test_models(work_dir: Path) -> Path:
     return manifest
 
 
-def cancel_mid_run_leaves_nothing(scene, work_dir: Path) -> None:
-    """Cancel during the liver stage: no segmentation node, no job folder, no worker process left."""
+def cancel_once_running(run, scene, stage: str, grace_s: float = 15.0) -> None:
+    """Start ``run`` (a ``scene_run.BackgroundRun``), cancel it once the worker reports ``stage``, and check
+    that nothing is left: ``RunCancelled``, the scene as before, no job folder, no worker process."""
     import os
     import time
 
-    from .scene_run import RunCancelled, SegmentationRun
+    from .scene_run import RunCancelled
 
-    phantom = make_phantom(**RUN_PHANTOM)
-    volume_node = scene_bridge.volume_node_from_image(phantom.ct, "phantom", scene=scene)
     nodes_before = scene.GetNumberOfNodes()
-    run = SegmentationRun(volume_node, liver_model="untrained-liver", tumor_model="untrained-tumor", device="cpu",
-                          manifest=_untrained_test_models(Path(work_dir)))
     run.start()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(e.stage == "liver" for e in run.poll()):
+    while time.monotonic() < deadline and not any(event.stage == stage for event in run.poll()):
         time.sleep(0.05)
     assert run.running(), "the worker ended before it could be cancelled: " + "; ".join(run.log_lines()[-3:])
     worker_pid = int((run.worker.work_dir / "worker.pid").read_text())
+    started = time.monotonic()
     run.cancel()
     try:
         run.finish()
     except RunCancelled:
         pass
     else:
-        raise AssertionError("a cancelled run returned a segmentation")
+        raise AssertionError("a cancelled run returned a result")
+    assert time.monotonic() - started < grace_s, "cancel took too long"
     assert scene.GetNumberOfNodes() == nodes_before, "the scene changed although the run was cancelled"
     assert not run.worker.work_dir.exists(), "temporary files were left behind"
     try:
@@ -194,6 +193,17 @@ def cancel_mid_run_leaves_nothing(scene, work_dir: Path) -> None:
         pass
     else:
         raise AssertionError(f"worker process {worker_pid} is still running")
+
+
+def cancel_mid_run_leaves_nothing(scene, work_dir: Path) -> None:
+    """Cancel during the liver stage: no segmentation node, no job folder, no worker process left."""
+    from .scene_run import SegmentationRun
+
+    phantom = make_phantom(**RUN_PHANTOM)
+    volume_node = scene_bridge.volume_node_from_image(phantom.ct, "phantom", scene=scene)
+    run = SegmentationRun(volume_node, liver_model="untrained-liver", tumor_model="untrained-tumor", device="cpu",
+                          manifest=_untrained_test_models(Path(work_dir)))
+    cancel_once_running(run, scene, "liver")
 
 
 SCENARIOS: dict[str, Callable[[object, Path], None]] = {

@@ -362,3 +362,23 @@ def apply_volume_display_preset(volume_node, preset_id: str, volumes_logic: Any 
         raise RuntimeError(
             f"The Volumes module could not apply preset {preset_id!r} to {volume_node.GetName()!r}"
         )
+
+
+def write_text_table(table_node, column_names: tuple[str, ...], rows: list[tuple]) -> None:
+    """Fill ``table_node`` in place with text columns ``column_names`` and ``rows`` (one value per column,
+    written with ``str``), as one modification (views redraw once)."""
+    was_modifying = table_node.StartModify()
+    table = table_node.GetTable()
+    if [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] != list(column_names):
+        table_node.RemoveAllColumns()
+        for name in column_names:
+            column = vtk.vtkStringArray()
+            column.SetName(name)
+            table_node.AddColumn(column)
+    table.SetNumberOfRows(len(rows))
+    for row, values in enumerate(rows):
+        for column, value in enumerate(values):
+            table.GetColumn(column).SetValue(row, str(value))
+    table.Modified()
+    table_node.Modified()
+    table_node.EndModify(was_modifying)

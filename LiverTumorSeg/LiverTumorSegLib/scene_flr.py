@@ -300,22 +300,8 @@ def update_flr_table(figures: dict, table_node=None, *, scene=None):
         scene = scene if scene is not None else slicer.mrmlScene
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", TABLE_NAME)
         table_node.SetAttribute(GENERATED_TAG, GENERATED_VALUE)
-    was_modifying = table_node.StartModify()
-    table = table_node.GetTable()
-    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
-    if names != list(TABLE_COLUMNS):
-        table_node.RemoveAllColumns()
-        for column_name in TABLE_COLUMNS:
-            column = vtk.vtkStringArray()
-            column.SetName(column_name)
-            table_node.AddColumn(column)
-    table.SetNumberOfRows(len(rows))
-    for row, (key, name, value, unit) in enumerate(rows):
-        for column, text in enumerate((name, value, unit, key)):
-            table.GetColumn(column).SetValue(row, text)
-    table.Modified()
-    table_node.Modified()
-    table_node.EndModify(was_modifying)
+    scene_bridge.write_text_table(table_node, TABLE_COLUMNS,
+                                  [(name, value, unit, key) for key, name, value, unit in rows])
     return table_node
 
 

@@ -27,12 +27,73 @@ class RunCancelled(RuntimeError):
     """The user cancelled the run; nothing was added to the scene."""
 
 
+def slicer_launcher(args, env):
+    """Start a worker from inside Slicer: ``slicer.util.launchConsoleProcess`` with Slicer's startup
+    environment (what ``PythonSlicer`` expects) plus only the variables the job changed."""
+    import os
+
+    import slicer
+
+    changed = {key: value for key, value in env.items() if os.environ.get(key) != value}
+    return slicer.util.launchConsoleProcess(args, updateEnvironment=changed)
+
+
 def default_python() -> str:
     """``PythonSlicer`` inside Slicer (the Slicer executable is not a Python interpreter), else this Python."""
     return shutil.which("PythonSlicer") or sys.executable
 
 
-class SegmentationRun:
+class BackgroundRun:
+    """A worker run started from the scene: poll progress, cancel, then ``finish()`` brings the result in.
+
+    Subclasses set ``self.worker`` (a ``WorkerProcess``), write their inputs in ``start()`` and read the
+    outputs in ``_read_outputs()``; the job folder is removed in every outcome.
+    """
+
+    worker: WorkerProcess
+    what = "run"
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def poll(self) -> list[ProgressEvent]:
+        events = self.worker.poll()
+        if events:
+            self.last_progress = events[-1]
+        return events
+
+    def running(self) -> bool:
+        return self.worker.running()
+
+    def log_lines(self) -> list[str]:
+        return self.worker.log
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+
+    def _read_outputs(self):
+        raise NotImplementedError
+
+    def finish(self):
+        """After the worker ended: its imported result, or ``RunCancelled``/``RunFailed``; always cleans up."""
+        try:
+            outcome = self.worker.outcome()
+            if outcome.cancelled:
+                raise RunCancelled(f"{self.what.capitalize()} cancelled.")
+            if not outcome.succeeded:
+                raise RunFailed(outcome.error or f"the {self.what} worker failed:\n" + "\n".join(outcome.log[-5:]))
+            return self._read_outputs()
+        finally:
+            self.worker.cleanup()
+
+    def run_blocking(self, on_progress: Callable[[ProgressEvent], None] | None = None, timeout_s: float | None = None):
+        """Start, wait (forwarding progress) and finish; returns what ``finish`` returns."""
+        self.start()
+        self.worker.wait(timeout_s=timeout_s, on_progress=on_progress)
+        return self.finish()
+
+
+class SegmentationRun(BackgroundRun):
     """One run of the cascade on ``volume_node`` (a CT in HU).
 
     ``device`` is ``"auto"`` or ``"cpu"`` (the latter also hides GPUs from the worker with
@@ -58,6 +119,8 @@ class SegmentationRun:
         self.worker = WorkerProcess(job, **options)
         self.last_progress: ProgressEvent | None = None
 
+    what = "segmentation"
+
     def start(self) -> None:
         """Write the volume to the job folder as NRRD (HU, LPS geometry) and start the worker."""
         input_path = self.worker.work_dir / "input.nrrd"
@@ -65,38 +128,8 @@ class SegmentationRun:
         self.worker.job["input"] = {"image": str(input_path)}
         self.worker.start()
 
-    def poll(self) -> list[ProgressEvent]:
-        events = self.worker.poll()
-        if events:
-            self.last_progress = events[-1]
-        return events
+    def _read_outputs(self):
+        """The new segmentation node made from the worker's outputs."""
+        from .scene_results import import_results
 
-    def running(self) -> bool:
-        return self.worker.running()
-
-    def log_lines(self) -> list[str]:
-        return self.worker.log
-
-    def cancel(self) -> None:
-        self.worker.cancel()
-
-    def finish(self):
-        """After the worker ended: import its results (new segmentation node) or raise; always clean up."""
-        try:
-            outcome = self.worker.outcome()
-            if outcome.cancelled:
-                raise RunCancelled("Segmentation cancelled.")
-            if not outcome.succeeded:
-                raise RunFailed(outcome.error or "the segmentation worker failed:\n" + "\n".join(outcome.log[-5:]))
-            from .scene_results import import_results
-
-            return import_results(self.worker.output_dir, self.volume_node,
-                                  per_lesion_segments=self.per_lesion_segments)
-        finally:
-            self.worker.cleanup()
-
-    def run_blocking(self, on_progress: Callable[[ProgressEvent], None] | None = None, timeout_s: float | None = None):
-        """Start, wait (forwarding progress) and finish; returns the new segmentation node."""
-        self.start()
-        self.worker.wait(timeout_s=timeout_s, on_progress=on_progress)
-        return self.finish()
+        return import_results(self.worker.output_dir, self.volume_node, per_lesion_segments=self.per_lesion_segments)

@@ -119,7 +119,7 @@ def run_job(job: dict, emit: Callable[[dict], None], cancel: threading.Event) ->
 
     progress = ProgressReporter(emit)
     out_dir = Path(job["output_dir"])
-    _check_output_dir(out_dir, overwrite=bool(job.get("overwrite")))
+    check_output_dir(out_dir, OUTPUT_FILES, overwrite=bool(job.get("overwrite")))
     started = time.perf_counter()
     progress("load", 0.0, "reading the CT")
     image, source = load_input(job["input"])
@@ -161,13 +161,6 @@ def _out_of_memory_hint(device: str) -> str:
     return "out of memory: close other programs, or choose a coarser model"
 
 
-def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    existing = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise JobError(f"{out_dir} already holds {', '.join(existing)}; choose another folder or allow overwriting",
-                       EXIT_BAD_INPUT)
-
-
 def _model_info(loaded) -> dict | None:
     if loaded is None:
         return None
@@ -193,20 +186,37 @@ def _results_document(job, source, image, result, liver, tumor, timings) -> dict
 
 
 def _write_outputs(out_dir: Path, labels: sitk.Image, results: dict, cancel: threading.Event) -> None:
-    """Write every output into a temporary folder, then move them into ``out_dir`` together."""
+    def write(staging: Path) -> None:
+        sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt8), str(staging / "labels.nrrd"), useCompression=True)
+        write_seg_nrrd(labels, staging / "segmentation.seg.nrrd", segment_specs())
+        (staging / "results.json").write_text(json.dumps(results, indent=2))
+
+    publish_outputs(out_dir, OUTPUT_FILES, write, cancel)
+
+
+def publish_outputs(out_dir: Path, names: tuple[str, ...], write: Callable[[Path], None],
+                    cancel: threading.Event) -> None:
+    """``write(folder)`` writes ``names`` into a temporary folder inside ``out_dir``; they are moved into place
+    together only when all are complete and the job was not cancelled (no partial output in any case)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt8), str(staging / "labels.nrrd"), useCompression=True)
-        write_seg_nrrd(labels, staging / "segmentation.seg.nrrd", segment_specs())
-        (staging / "results.json").write_text(json.dumps(results, indent=2))
+        write(staging)
         if cancel.is_set():
             raise JobError("cancelled", EXIT_CANCELLED)
-        for name in OUTPUT_FILES:
+        for name in names:
             (staging / name).replace(out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output_dir(out_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to replace earlier outputs unless the job allows it."""
+    existing = [name for name in names if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise JobError(f"{out_dir} already holds {', '.join(existing)}; choose another folder or allow overwriting",
+                       EXIT_BAD_INPUT)
 
 
 def _install_signal_handlers(cancel: threading.Event) -> None:
@@ -236,10 +246,11 @@ def _watch_parent(cancel: threading.Event, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def serve(argv: list[str], run: Callable[[dict, Callable[[dict], None], threading.Event], Any], program: str) -> int:
+    """The ``main`` of every background worker: read the job file, run it with JSON progress on stdout,
+    turn failures into one error record and an exit code. Shared by the segmentation and staging workers."""
     if len(argv) != 1:
-        print("usage: python -m LiverTumorSegLib.worker JOB.json", file=sys.stderr)
+        print(f"usage: python -m {program} JOB.json", file=sys.stderr)
         return EXIT_BAD_INPUT
     cancel = threading.Event()
     _install_signal_handlers(cancel)
@@ -249,22 +260,25 @@ def main(argv: list[str] | None = None) -> int:
     def emit(record: dict) -> None:
         print(json.dumps(record), flush=True)
 
+    def fail(message: str, exit_code: int) -> int:
+        emit({"stage": "error" if exit_code != EXIT_CANCELLED else "cancelled", "fraction": None, "message": message})
+        print(f"{program}: {message}", file=sys.stderr, flush=True)
+        return exit_code
+
     try:
         job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-        run_job(job, emit, cancel)
+        run(job, emit, cancel)
         return 0
     except JobError as error:
-        return _fail(emit, str(error), error.exit_code)
+        return fail(str(error), error.exit_code)
     except (OSError, ValueError, KeyError) as error:
-        return _fail(emit, f"bad job {argv[0]}: {error}", EXIT_BAD_INPUT)
+        return fail(f"bad job {argv[0]}: {error}", EXIT_BAD_INPUT)
     except Exception as error:  # the last line must still tell the GUI what happened
-        return _fail(emit, f"{type(error).__name__}: {error}", EXIT_OTHER)
+        return fail(f"{type(error).__name__}: {error}", EXIT_OTHER)
 
 
-def _fail(emit, message: str, exit_code: int) -> int:
-    emit({"stage": "error" if exit_code != EXIT_CANCELLED else "cancelled", "fraction": None, "message": message})
-    print(f"livertumor worker: {message}", file=sys.stderr, flush=True)
-    return exit_code
+def main(argv: list[str] | None = None) -> int:
+    return serve(sys.argv[1:] if argv is None else argv, run_job, "LiverTumorSegLib.worker")
 
 
 if __name__ == "__main__":
