@@ -376,7 +376,13 @@ def ensurePythonPackages(requirements: dict, purpose: str, askUser: bool = True)
             raise RuntimeError(_("This module needs the 'PyTorch' extension. Install it from the Extensions "
                                  "Manager, restart Slicer and press Run again.")) from None
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+        installedTorch = None
+        if torchLogic.torchInstalled():
+            import torch
+            installedTorch = torch.__version__
+        # installTorch installs torch and torchvision; with torch present only the matching torchvision is added
+        torchRequirement = dependencies.pytorch_extension_torch_requirement(missing, installedTorch)
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=torchRequirement) is None:
             raise RuntimeError(_("PyTorch could not be installed; see the Python console for details."))
     pipRequirements = dependencies.pip_requirements(missing, requirements)
     if pipRequirements:

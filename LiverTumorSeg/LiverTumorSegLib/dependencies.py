@@ -46,3 +46,18 @@ def pip_requirements(module_names: list[str], requirements: dict[str, str] | Non
     extension installs them)."""
     requirements = WORKER_REQUIREMENTS if requirements is None else requirements
     return [requirements[name] for name in module_names if name not in PYTORCH_EXTENSION_PACKAGES]
+
+
+def pytorch_extension_torch_requirement(module_names: list[str], installed_torch_version: str | None) -> str | None:
+    """The torch version requirement to hand to the PyTorch extension's ``installTorch`` (which installs
+    torch *and* torchvision), or None when neither is missing.
+
+    No torch yet: ``""`` (the extension picks the newest build for the machine's GPU). torch present but
+    torchvision missing: ``"==<installed release>"`` so that only the matching torchvision is added and the
+    installed torch (e.g. ``2.5.1+cu121``; the local build label is dropped) is kept.
+    """
+    if not set(module_names) & set(PYTORCH_EXTENSION_PACKAGES):
+        return None
+    if installed_torch_version is None or "torch" in module_names:
+        return ""
+    return "==" + installed_torch_version.split("+")[0]
