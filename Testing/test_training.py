@@ -113,3 +113,39 @@ def test_cancel_stops_training(blob_cases, tmp_path):
     train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
     with pytest.raises(training.TrainingCancelled):
         training.train(tiny_config("liver", 3), train_cases, val_cases, tmp_path, log=lambda _: None, cancel=cancel)
+
+
+def test_liver_mask_jitter_dilates_or_erodes_only_the_mask_channel():
+    from LiverTumorSegLib.train_transforms import RandChannelMorphologyd
+
+    image = torch.zeros(2, 20, 20, 20)
+    image[0] = torch.linspace(0, 1, 20)[:, None, None]
+    image[1, 5:15, 5:15, 5:15] = 1.0  # a 10-voxel cube
+    jitter = RandChannelMorphologyd("image", channel=1, max_voxels=2, prob=1.0).set_random_state(0)
+    seen = set()
+    for _ in range(20):
+        out = jitter({"image": image})["image"]
+        assert torch.equal(out[0], image[0]), "the CT channel changed"
+        assert set(out[1].unique().tolist()) <= {0.0, 1.0}
+        edge = round(float(out[1].sum()) ** (1 / 3))
+        assert edge ** 3 == int(out[1].sum())  # a cube kernel keeps a cube a cube
+        seen.add(edge)
+    assert seen == {6, 8, 12, 14}  # eroded / dilated by 1 or 2 voxels, each drawn
+    assert torch.equal(RandChannelMorphologyd("image", 1, 2, prob=0.0)({"image": image})["image"], image)
+    with pytest.raises(ValueError):
+        RandChannelMorphologyd("image", 1, 0)
+
+
+def test_the_tumor_recipe_jitters_the_liver_mask_only_when_asked(blob_cases):
+    from LiverTumorSegLib.train_transforms import RandChannelMorphologyd
+
+    def has_jitter(config):
+        return any(isinstance(t, RandChannelMorphologyd) for t in training.build_transforms(config, True).transforms)
+
+    config = tiny_config("tumor", 1)
+    assert not has_jitter(config)  # the thesis recipe
+    config.liver_mask_jitter_voxels = 2
+    assert has_jitter(config)
+    assert not has_jitter(training.TrainConfig(stage="liver", liver_mask_jitter_voxels=2))
+    item = training.build_transforms(config, training=True)(blob_cases[0])[0]
+    assert set(np.unique(item["image"][1].numpy())) <= {0.0, 1.0}

@@ -22,13 +22,15 @@ import SimpleITK as sitk
 from .model_manifest import MANIFEST_FILE, ModelEntry
 
 DEMO_DIR = MANIFEST_FILE.parent / "demo"
+HELD_OUT_FIRST_SEED = 5000  # training phantoms use seeds 1000..; held-out ones start here
 
 # The committed demo models (see their model cards for the measured figures).
 LIVER_RECIPE = {"stage": "liver", "spacing_mm": (3.0, 3.0, 3.0), "roi_size": (64, 64, 48), "init_filters": 8,
                 "sw_overlap": 0.25, "learning_rate": 1e-3, "model_id": "demo-liver-segresnet",
                 "title": "Demo liver SegResNet (3 mm, phantom-trained)"}
 TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (64, 64, 32), "init_filters": 8,
-                "sw_overlap": 0.25, "learning_rate": 1e-3, "model_id": "demo-tumor-segresnet",
+                "sw_overlap": 0.25, "learning_rate": 1e-3, "liver_mask_jitter_voxels": 3,
+                "model_id": "demo-tumor-segresnet",
                 "title": "Demo liver-tumor SegResNet (1.5 mm, phantom-trained)"}
 
 
@@ -61,9 +63,14 @@ def export_stage(trained: dict, card_name: str) -> ModelEntry:
     return ModelEntry.from_dict(entry, manifest_dir=MANIFEST_FILE.parent)
 
 
-def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry, out_dir: Path, seeds: range, size_xy: int,
-                      log=print) -> dict:
-    """Run the cascade on held-out phantoms and evaluate against their truth."""
+def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry, out_dir: Path, first_seed: int, n_cases: int,
+                      size_xy: int, log=print) -> dict:
+    """Run the cascade on held-out phantoms and evaluate against their truth.
+
+    The evaluated cases are the first ``n_cases`` phantoms from ``first_seed`` on that have tumors (a tumor
+    DSC is undefined without one); the tumor-free phantoms passed over on the way are run too and their
+    false-positive tumor volume is reported.
+    """
     from . import evaluation
     from .cascade import run_cascade
     from .networks import load_model
@@ -74,19 +81,25 @@ def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry, out_dir: Path, seeds
     predicted, truth = out_dir / "predicted", out_dir / "truth"
     predicted.mkdir(parents=True, exist_ok=True)
     truth.mkdir(parents=True, exist_ok=True)
-    seconds = []
-    for seed in seeds:
+    seconds, seeds, tumor_free = [], [], []
+    seed = first_seed
+    while len(seeds) < n_cases:
         phantom = make_phantom(seed, size_xy=size_xy)
         started = time.perf_counter()
         result = run_cascade(phantom.ct, liver_model, tumor_model, device="cpu")
         seconds.append(time.perf_counter() - started)
-        sitk.WriteImage(result.labels, str(predicted / f"phantom_{seed}.nrrd"), useCompression=True)
-        sitk.WriteImage(phantom.labels, str(truth / f"phantom_{seed}.nrrd"), useCompression=True)
-        log(f"held-out phantom {seed}: {seconds[-1]:.1f} s")
+        if phantom.tumors:
+            seeds.append(seed)
+            sitk.WriteImage(result.labels, str(predicted / f"phantom_{seed}.nrrd"), useCompression=True)
+            sitk.WriteImage(phantom.labels, str(truth / f"phantom_{seed}.nrrd"), useCompression=True)
+        else:
+            tumor_free.append({"seed": seed, "false_positive_tumor_ml": round(result.tumor_volume_ml, 2)})
+        log(f"held-out phantom {seed} ({len(phantom.tumors)} tumors): {seconds[-1]:.1f} s")
+        seed += 1
     metrics, summary = evaluation.evaluate_folders(predicted, truth)
     evaluation.write_reports(metrics, summary, out_dir / "report")
     return {"summary": summary, "per_case": [asdict(m) for m in metrics], "seconds_per_case": seconds,
-            "markdown": evaluation.markdown_table(summary)}
+            "seeds": seeds, "tumor_free": tumor_free, "markdown": evaluation.markdown_table(summary)}
 
 
 def register_entries(entries: list[ModelEntry]) -> None:
@@ -95,6 +108,32 @@ def register_entries(entries: list[ModelEntry]) -> None:
     new_ids = {entry.id for entry in entries}
     document["models"] = [m for m in document["models"] if m["id"] not in new_ids] + [e.to_dict() for e in entries]
     MANIFEST_FILE.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def held_out_description(evaluated: dict, size_xy: int) -> str:
+    seeds = ", ".join(str(s) for s in evaluated["seeds"])
+    text = (f"{len(evaluated['seeds'])} phantoms with tumors, seeds {seeds} (not used in training), {size_xy}x{size_xy} "
+            f"in-plane, evaluated on their own voxel grid with `livertumor evaluate`'s metrics.")
+    if evaluated["tumor_free"]:
+        false_positives = ", ".join(f"seed {c['seed']}: {c['false_positive_tumor_ml']} mL"
+                                    for c in evaluated["tumor_free"])
+        text += (f" Tumor-free phantoms passed over on the way (a tumor DSC is undefined there) were segmented too; "
+                 f"false-positive tumor volume: {false_positives}.")
+    return text
+
+
+def per_case_table(per_case: list[dict]) -> str:
+    """Markdown: one row per held-out case with its liver and tumor DSC and volumes (truth / predicted)."""
+    rows = {}
+    for m in per_case:
+        rows.setdefault(m["case"], {})[m["structure"]] = m
+    lines = ["| case | liver DSC | tumor DSC | liver mL (truth / predicted) | tumor mL (truth / predicted) |",
+             "|---|---|---|---|---|"]
+    for case, by_structure in rows.items():
+        liver, tumor = by_structure["liver"], by_structure["tumor"]
+        lines.append(f"| {case} | {liver['dsc']:.3f} | {tumor['dsc']:.3f} | {liver['truth_ml']:.1f} / "
+                     f"{liver['predicted_ml']:.1f} | {tumor['truth_ml']:.1f} / {tumor['predicted_ml']:.1f} |")
+    return "\n".join(lines)
 
 
 def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, command: str, held_out: str) -> Path:
@@ -114,11 +153,14 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
         f"- Training: thesis recipe (`LiverTumorSegLib.training`), {result['epochs_run']} epochs of "
         f"{config.iterations_per_epoch} iterations, batch {config.batch_size}, Adam lr {config.learning_rate:g} (the "
         f"thesis uses 1e-4; the phantoms allow a faster schedule), seed {config.seed}; "
-        f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}.",
+        f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}"
+        + (f"; the liver-mask input randomly dilated or eroded by up to {config.liver_mask_jitter_voxels} voxels "
+           "(the cascade feeds the liver model's prediction, not the truth)." if config.liver_mask_jitter_voxels
+           else "."),
         f"- File: `{entry.local_path}`, {entry.size_bytes} bytes, SHA-256 `{entry.sha256}`.", "",
         "## Held-out phantoms (cascade: demo liver model, then demo tumor model)", "", held_out, "",
         f"{structure.capitalize()} per-case DSC mean {s['dsc_mean']:.3f}, global DSC {s['dsc_global']:.3f}.", "",
-        evaluation_result["markdown"],
+        evaluation_result["markdown"], per_case_table(evaluation_result["per_case"]), "",
         f"Mean cascade time per held-out case on the training machine's CPU: "
         f"{sum(evaluation_result['seconds_per_case']) / len(evaluation_result['seconds_per_case']):.1f} s.", "",
         "These figures are on phantoms from the same generator as the training data; they say the code "
@@ -143,10 +185,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     liver = train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common)
     tumor = train_stage(TUMOR_RECIPE, data_root, args.work, epochs=args.tumor_epochs or args.epochs, **common)
     entries = [export_stage(liver, "demo_liver_segresnet.md"), export_stage(tumor, "demo_tumor_segresnet.md")]
-    seeds = range(5000, 5000 + args.held_out)
-    held_out = (f"{args.held_out} phantoms with seeds {seeds.start}..{seeds.stop - 1} (not used in training), "
-                f"{args.size}x{args.size} in-plane, evaluated on their own voxel grid with `livertumor evaluate`'s metrics.")
-    evaluated = evaluate_held_out(entries[0], entries[1], args.work / "held_out", seeds, args.size, log=log)
+    evaluated = evaluate_held_out(entries[0], entries[1], args.work / "held_out", HELD_OUT_FIRST_SEED, args.held_out,
+                                  args.size, log=log)
+    held_out = held_out_description(evaluated, args.size)
     for entry, trained in zip(entries, (liver, tumor), strict=True):
         write_card(entry, trained, evaluated, command, held_out)
     register_entries(entries)
@@ -159,7 +200,7 @@ def register_cli(subparsers) -> None:
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="working folder (phantoms, checkpoints, reports)")
     parser.add_argument("--phantoms", type=int, default=40, help="training + validation phantoms")
-    parser.add_argument("--held-out", type=int, default=6, help="held-out phantoms for the evaluation")
+    parser.add_argument("--held-out", type=int, default=6, help="held-out phantoms with tumors for the evaluation")
     parser.add_argument("--size", type=int, default=256, help="in-plane matrix of the phantoms")
     parser.add_argument("--epochs", type=int, default=60, help="maximum epochs (liver stage; tumor too unless given)")
     parser.add_argument("--tumor-epochs", type=int, default=None, help="maximum epochs of the tumor stage")

@@ -131,7 +131,7 @@ def segment_phantom_with_demo_models(scene, work_dir: Path) -> None:
         assert abs(value - truth) <= 0.05 * truth, f"{what} volume {value:.1f} mL vs truth {truth:.1f} mL"
 
 
-def _untrained_test_models(work_dir: Path) -> Path:
+def _untrained_test_models(work_dir: Path, spacing_mm: float = 1.5) -> Path:
     """A manifest with two randomly initialised small SegResNets: for process tests, never for accuracy."""
     import hashlib
     import json
@@ -150,7 +150,7 @@ def _untrained_test_models(work_dir: Path) -> Path:
             "labels": {task: 1}, "network": {"class": "monai.networks.nets.SegResNet",
                                                "args": dict(args, in_channels=channels)},
             "input_channels": ["ct"] if task == "liver" else ["ct", "liver_mask"], "orientation": "RAS",
-            "spacing_mm": [1.5, 1.5, 1.5], "intensity": {"type": "clip_scale", "hu_min": -100, "hu_max": 200,
+            "spacing_mm": [spacing_mm] * 3, "intensity": {"type": "clip_scale", "hu_min": -100, "hu_max": 200,
                                                          "out_min": 0.0, "out_max": 1.0},
             "roi_size": [32, 32, 32], "sw_overlap": 0.25, "file_name": path.name, "local_path": path.name,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "checkpoint_format": "state_dict",

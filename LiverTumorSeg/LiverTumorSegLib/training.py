@@ -53,6 +53,7 @@ class TrainConfig:
     plateau_patience: int = 10  # validations without a better Dice before the learning rate is halved
     sw_overlap: float = 0.4
     crop_margin_mm: float = 10.0
+    liver_mask_jitter_voxels: int = 0  # tumor stage: random dilation/erosion of the liver-mask channel
     seed: int = 0
     num_workers: int = 0
     model_id: str = ""
@@ -140,6 +141,10 @@ def build_transforms(config: TrainConfig, training: bool):
             mt.RandGaussianNoised(keys="image", prob=0.2, std=0.01),
             mt.RandAdjustContrastd(keys="image", prob=0.2, gamma=(0.8, 1.2)),
         ]
+        if config.stage == "tumor" and config.liver_mask_jitter_voxels > 0:
+            from .train_transforms import RandChannelMorphologyd
+
+            steps.append(RandChannelMorphologyd("image", channel=1, max_voxels=config.liver_mask_jitter_voxels))
     steps.append(mt.EnsureTyped(keys=keys, track_meta=False))
     return mt.Compose(steps)
 
@@ -341,6 +346,7 @@ def _run_cli(args) -> int:
                          max_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                          samples_per_volume=args.samples_per_volume, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, early_stopping_patience=args.patience, seed=args.seed,
+                         liver_mask_jitter_voxels=args.liver_mask_jitter_voxels,
                          model_id=args.model_id, title=args.title, demo_only=bool(args.phantoms) or args.demo_only,
                          training_data=training_data)
     device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
@@ -377,6 +383,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--spacing-mm", type=_triple, default=(1.0, 1.0, 2.5), help="x,y,z (default 1,1,2.5)")
     parser.add_argument("--roi", type=lambda t: _triple(t, int), default=(128, 128, 48), help="patch x,y,z")
     parser.add_argument("--init-filters", type=int, default=16)
+    parser.add_argument("--liver-mask-jitter-voxels", type=int, default=0,
+                        help="tumor stage: randomly dilate/erode the liver-mask input by up to N voxels, so that "
+                             "the model tolerates the liver model's predicted mask (default 0: the thesis recipe)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

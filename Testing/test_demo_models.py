@@ -1,0 +1,29 @@
+"""`livertumor demo-models`' held-out evaluation and model-card tables (untrained networks: process only)."""
+
+from __future__ import annotations
+
+from LiverTumorSegLib import demo_models
+from LiverTumorSegLib.model_manifest import load_manifest
+from LiverTumorSegLib.scenarios import _untrained_test_models
+
+
+def test_held_out_evaluation_counts_only_phantoms_with_tumors_and_reports_the_tumor_free_ones(tmp_path):
+    models = load_manifest(_untrained_test_models(tmp_path, spacing_mm=6.0))  # a coarse grid keeps it fast
+    # at 64x64 in-plane, phantom 5001 is drawn without tumors; 5000 and 5002 have some
+    evaluated = demo_models.evaluate_held_out(models["untrained-liver"], models["untrained-tumor"], tmp_path / "eval",
+                                              5000, 2, 64, log=lambda _: None)
+    assert evaluated["seeds"] == [5000, 5002]
+    assert [case["seed"] for case in evaluated["tumor_free"]] == [5001]
+    assert evaluated["tumor_free"][0]["false_positive_tumor_ml"] >= 0.0
+    assert len(evaluated["seconds_per_case"]) == 3
+    assert evaluated["summary"]["tumor"]["cases"] == 2
+    assert sorted(p.name for p in (tmp_path / "eval" / "truth").iterdir()) == ["phantom_5000.nrrd",
+                                                                                "phantom_5002.nrrd"]
+
+    text = demo_models.held_out_description(evaluated, 64)
+    assert "seeds 5000, 5002" in text and "seed 5001:" in text
+    table = demo_models.per_case_table(evaluated["per_case"]).splitlines()
+    assert len(table) == 2 + 2 and table[2].startswith("| phantom_5000.nrrd |")
+    liver_dsc = float(table[2].split("|")[2])
+    case = next(m for m in evaluated["per_case"] if m["case"] == "phantom_5000.nrrd" and m["structure"] == "liver")
+    assert abs(liver_dsc - case["dsc"]) < 1e-3
