@@ -7,6 +7,7 @@ logic class usable from Slicer's Python console, and the self-test class. Every 
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import pathlib
 from typing import Annotated
@@ -376,10 +377,7 @@ def ensurePythonPackages(requirements: dict, purpose: str, askUser: bool = True)
             raise RuntimeError(_("This module needs the 'PyTorch' extension. Install it from the Extensions "
                                  "Manager, restart Slicer and press Run again.")) from None
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        installedTorch = None
-        if torchLogic.torchInstalled():
-            import torch
-            installedTorch = torch.__version__
+        installedTorch = importlib.metadata.version("torch") if torchLogic.torchInstalled() else None
         # installTorch installs torch and torchvision; with torch present only the matching torchvision is added
         torchRequirement = dependencies.pytorch_extension_torch_requirement(missing, installedTorch)
         if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=torchRequirement) is None:
