@@ -27,3 +27,15 @@ def test_held_out_evaluation_counts_only_phantoms_with_tumors_and_reports_the_tu
     liver_dsc = float(table[2].split("|")[2])
     case = next(m for m in evaluated["per_case"] if m["case"] == "phantom_5000.nrrd" and m["structure"] == "liver")
     assert abs(liver_dsc - case["dsc"]) < 1e-3
+
+
+def test_a_liver_only_evaluation_reports_the_liver_alone(tmp_path):
+    models = load_manifest(_untrained_test_models(tmp_path, spacing_mm=6.0))
+    evaluated = demo_models.evaluate_held_out(models["untrained-liver"], None, tmp_path / "eval", 5000, 1, 64,
+                                              log=lambda _: None)
+    assert evaluated["seeds"] == [5000] and not evaluated["tumor_evaluated"]
+    assert "| liver |" in evaluated["markdown"] and "| tumor |" not in evaluated["markdown"]
+    header = demo_models.per_case_table(evaluated["per_case"], ("liver",)).splitlines()[0]
+    assert "liver DSC" in header and "tumor" not in header
+    case = evaluated["per_case"][0]
+    assert case["structure"] == "liver" and case["truth_ml"] > 0
