@@ -39,3 +39,13 @@ def test_a_liver_only_evaluation_reports_the_liver_alone(tmp_path):
     assert "liver DSC" in header and "tumor" not in header
     case = evaluated["per_case"][0]
     assert case["structure"] == "liver" and case["truth_ml"] > 0
+
+
+def test_the_manifest_is_rewritten_compactly_and_losslessly():
+    import json
+
+    document = {"models": [{"id": "x", "spacing_mm": [3.0, 3.0, 3.0], "note": "a [bracket], and a comma",
+                            "args": {"blocks_down": [1, 2, 2, 4], "nested": [{"k": [1]}]}}]}
+    text = demo_models.compact_json(document)
+    assert json.loads(text) == document
+    assert '"spacing_mm": [3.0, 3.0, 3.0]' in text and '"blocks_down": [1, 2, 2, 4]' in text

@@ -33,11 +33,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def _segment(volume_node, out_dir: Path, device: str, log):
+def _segment(volume_node, out_dir: Path, device: str, log, tumor_model: str | None):
     """Run the cascade worker on the volume node; returns the new segmentation node."""
     from .scene_run import SegmentationRun
 
-    run = SegmentationRun(volume_node, liver_model=DEMO_LIVER_MODEL, tumor_model=DEMO_TUMOR_MODEL, device=device)
+    run = SegmentationRun(volume_node, liver_model=DEMO_LIVER_MODEL, tumor_model=tumor_model, device=device)
     last = [-1]
 
     def show(event) -> None:
@@ -95,8 +95,13 @@ def run_demo(out_dir: str | Path, *, seed: int = 42, size_xy: int = 512, device:
     models = load_manifest()
     if DEMO_LIVER_MODEL in models and DEMO_TUMOR_MODEL in models:
         log(f"[3/5] liver and tumor cascade in the background worker ({models[DEMO_LIVER_MODEL].display_name})")
-        segmentation = _segment(volume_node, out_dir, device, log)
+        segmentation = _segment(volume_node, out_dir, device, log, DEMO_TUMOR_MODEL)
         summary["segmentation_source"] = "demo models (phantom-trained)"
+    elif DEMO_LIVER_MODEL in models:
+        log(f"[3/5] liver stage of the cascade in the background worker ({models[DEMO_LIVER_MODEL].display_name}); "
+            "there is no demo tumor model yet, so tumors are not segmented")
+        segmentation = _segment(volume_node, out_dir, device, log, None)
+        summary["segmentation_source"] = "demo liver model (phantom-trained; liver stage only, no demo tumor model yet)"
     else:
         log("[3/5] no demo segmentation models in the manifest yet (`livertumor demo-models` trains them): "
             "the phantom's TRUTH labelmap is imported as the segmentation instead")

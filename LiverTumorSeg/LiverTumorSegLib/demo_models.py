@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -51,14 +52,14 @@ def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, it
             "config": config, "train_cases": len(train_cases), "val_cases": len(val_cases)}
 
 
-def export_stage(trained: dict, card_name: str) -> ModelEntry:
+def export_stage(trained: dict, card_name: str, training_data: str) -> ModelEntry:
     from .training import export_weights
 
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     model_id = trained["config"].model_id
     file_name = f"{model_id.replace('-', '_')}.pt"
     entry = export_weights(trained["result"]["checkpoint"], DEMO_DIR / file_name,
-                           card=f"demo/{card_name}")
+                           card=f"demo/{card_name}", training_data=training_data)
     entry["local_path"] = f"demo/{file_name}"
     return ModelEntry.from_dict(entry, manifest_dir=MANIFEST_FILE.parent)
 
@@ -108,7 +109,14 @@ def register_entries(entries: list[ModelEntry]) -> None:
     document = json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))
     new_ids = {entry.id for entry in entries}
     document["models"] = [m for m in document["models"] if m["id"] not in new_ids] + [e.to_dict() for e in entries]
-    MANIFEST_FILE.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    MANIFEST_FILE.write_text(compact_json(document) + "\n", encoding="utf-8")
+
+
+def compact_json(document) -> str:
+    """JSON with two-space indents and every list of plain values on one line (as the manifest is written)."""
+    text = json.dumps(document, indent=2)
+    return re.sub(r"\[\s*([^\[\]{}]*?)\s*\]",
+                  lambda match: "[" + ", ".join(v.strip() for v in match.group(1).split(",\n")) + "]", text)
 
 
 def held_out_description(evaluated: dict, size_xy: int) -> str:
@@ -189,10 +197,12 @@ def _run_cli(args: argparse.Namespace) -> int:
     common = {"iterations": args.iterations, "val_interval": args.val_interval, "patience": args.patience,
               "plateau_patience": args.plateau_patience, "seed": 0, "log": log}
     trained = [train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common)]
-    entries = [export_stage(trained[0], "demo_liver_segresnet.md")]
+    data = (f"{args.phantoms} synthetic CT phantoms, seeds 1000..{999 + args.phantoms}, {args.size}x{args.size} "
+            f"in-plane (85 % training, 15 % validation, split with seed 0)")
+    entries = [export_stage(trained[0], "demo_liver_segresnet.md", data)]
     if args.stages == "both":
         trained.append(train_stage(TUMOR_RECIPE, data_root, args.work, epochs=args.tumor_epochs or args.epochs, **common))
-        entries.append(export_stage(trained[1], "demo_tumor_segresnet.md"))
+        entries.append(export_stage(trained[1], "demo_tumor_segresnet.md", data))
     evaluated = evaluate_held_out(entries[0], entries[1] if len(entries) > 1 else None, args.work / "held_out",
                                   HELD_OUT_FIRST_SEED, args.held_out, args.size, log=log)
     held_out = held_out_description(evaluated, args.size)
