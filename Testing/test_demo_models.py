@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from LiverTumorSegLib import demo_models
 from LiverTumorSegLib.model_manifest import load_manifest
-from LiverTumorSegLib.scenarios import _untrained_test_models
+from LiverTumorSegLib.scenarios import untrained_test_models
 
 
 def test_held_out_evaluation_counts_only_phantoms_with_tumors_and_reports_the_tumor_free_ones(tmp_path):
-    models = load_manifest(_untrained_test_models(tmp_path, spacing_mm=6.0))  # a coarse grid keeps it fast
+    models = load_manifest(untrained_test_models(tmp_path, spacing_mm=6.0))  # a coarse grid keeps it fast
     # at 64x64 in-plane, phantom 5001 is drawn without tumors; 5000 and 5002 have some
     evaluated = demo_models.evaluate_held_out(models["untrained-liver"], models["untrained-tumor"], tmp_path / "eval",
                                               5000, 2, 64, log=lambda _: None)
@@ -30,7 +30,7 @@ def test_held_out_evaluation_counts_only_phantoms_with_tumors_and_reports_the_tu
 
 
 def test_a_liver_only_evaluation_reports_the_liver_alone(tmp_path):
-    models = load_manifest(_untrained_test_models(tmp_path, spacing_mm=6.0))
+    models = load_manifest(untrained_test_models(tmp_path, spacing_mm=6.0))
     evaluated = demo_models.evaluate_held_out(models["untrained-liver"], None, tmp_path / "eval", 5000, 1, 64,
                                               log=lambda _: None)
     assert evaluated["seeds"] == [5000] and not evaluated["tumor_evaluated"]
@@ -45,7 +45,9 @@ def test_the_manifest_is_rewritten_compactly_and_losslessly():
     import json
 
     document = {"models": [{"id": "x", "spacing_mm": [3.0, 3.0, 3.0], "note": "a [bracket], and a comma",
+                            "names": ["a]", "[b", "c,\n"], "empty": {}, "none": [],
                             "args": {"blocks_down": [1, 2, 2, 4], "nested": [{"k": [1]}]}}]}
     text = demo_models.compact_json(document)
     assert json.loads(text) == document
     assert '"spacing_mm": [3.0, 3.0, 3.0]' in text and '"blocks_down": [1, 2, 2, 4]' in text
+    assert '"names": ["a]", "[b", "c,\\n"]' in text

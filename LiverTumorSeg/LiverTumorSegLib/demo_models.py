@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -85,6 +84,9 @@ def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry | None, out_dir: Path
     seconds, seeds, tumor_free = [], [], []
     seed = first_seed
     while len(seeds) < n_cases:
+        if seed - first_seed >= 10 * n_cases:
+            raise RuntimeError(f"only {len(seeds)} of phantoms {first_seed}..{seed - 1} have tumors; "
+                               f"{n_cases} were asked for")
         phantom = make_phantom(seed, size_xy=size_xy)
         started = time.perf_counter()
         result = run_cascade(phantom.ct, liver_model, tumor_model, device="cpu")
@@ -112,11 +114,16 @@ def register_entries(entries: list[ModelEntry]) -> None:
     MANIFEST_FILE.write_text(compact_json(document) + "\n", encoding="utf-8")
 
 
-def compact_json(document) -> str:
+def compact_json(value, level: int = 0) -> str:
     """JSON with two-space indents and every list of plain values on one line (as the manifest is written)."""
-    text = json.dumps(document, indent=2)
-    return re.sub(r"\[\s*([^\[\]{}]*?)\s*\]",
-                  lambda match: "[" + ", ".join(v.strip() for v in match.group(1).split(",\n")) + "]", text)
+    pad = "  " * level
+    if isinstance(value, dict) and value:
+        items = [f"{pad}  {json.dumps(key)}: {compact_json(item, level + 1)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        items = [f"{pad}  {compact_json(item, level + 1)}" for item in value]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(value, separators=(", ", ": "))
 
 
 def held_out_description(evaluated: dict, size_xy: int) -> str:

@@ -149,7 +149,7 @@ def segment_phantom_with_demo_models(scene, work_dir: Path) -> None:
     _volume_within("tumor", measured.tumor_volume_ml, phantom.tumor_volume_ml())
 
 
-def _untrained_test_models(work_dir: Path, spacing_mm: float = 1.5) -> Path:
+def untrained_test_models(work_dir: Path, spacing_mm: float = 1.5) -> Path:
     """A manifest with two randomly initialised small SegResNets: for process tests, never for accuracy."""
     import hashlib
     import json
@@ -220,7 +220,7 @@ def cancel_mid_run_leaves_nothing(scene, work_dir: Path) -> None:
     phantom = make_phantom(**RUN_PHANTOM)
     volume_node = scene_bridge.volume_node_from_image(phantom.ct, "phantom", scene=scene)
     run = SegmentationRun(volume_node, liver_model="untrained-liver", tumor_model="untrained-tumor", device="cpu",
-                          manifest=_untrained_test_models(Path(work_dir)))
+                          manifest=untrained_test_models(Path(work_dir)))
     cancel_once_running(run, scene, "liver")
 
 
