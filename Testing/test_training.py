@@ -149,3 +149,99 @@ def test_the_tumor_recipe_jitters_the_liver_mask_only_when_asked(blob_cases):
     assert not has_jitter(training.TrainConfig(stage="liver", liver_mask_jitter_voxels=2))
     item = training.build_transforms(config, training=True)(blob_cases[0])[0]
     assert set(np.unique(item["image"][1].numpy())) <= {0.0, 1.0}
+
+
+def blob_liver_model():
+    """A thresholding 'liver model' for the blobs (liver about 0.7 after clip-scale, tumor 0.43, body 0.17)."""
+    from test_cascade import IntensityBand, entry
+
+    from LiverTumorSegLib.networks import LoadedModel
+
+    return LoadedModel(entry("liver", (3.0, 3.0, 3.0), (32, 32, 32)), IntensityBand(0.6, 0.8))
+
+
+def test_predicted_liver_masks_are_the_cascades_liver_on_each_ct_grid(tmp_path):
+    from LiverTumorSegLib.cascade import run_cascade
+    from LiverTumorSegLib.datasets import predicted_masks_folder, write_predicted_liver_masks
+
+    root = write_blob_dataset(tmp_path / "blobs", n_cases=2)
+    model, messages = blob_liver_model(), []
+    folder = write_predicted_liver_masks(root, model, log=messages.append)
+    assert folder == root / predicted_masks_folder(model.entry) and model.entry.id in folder.name
+    cases = list_msd_cases(root, folder.name)
+    assert len(messages) == 2 and all("liver_mask" in case for case in cases)
+    for case in cases:
+        ct, mask = sitk.ReadImage(case["image"]), sitk.ReadImage(case["liver_mask"])
+        assert (mask.GetSize(), mask.GetOrigin(), mask.GetSpacing(), mask.GetDirection()) == (
+            ct.GetSize(), ct.GetOrigin(), ct.GetSpacing(), ct.GetDirection())
+        predicted = sitk.GetArrayFromImage(mask)
+        expected = sitk.GetArrayFromImage(run_cascade(ct, model, None, device="cpu").labels) > 0
+        assert np.array_equal(predicted > 0, expected) and set(np.unique(predicted)) == {0, 1}
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(case["label"])) > 0
+        assert 2 * np.sum(liver & expected) / (liver.sum() + expected.sum()) > 0.8  # the liver, tumor filled in
+    stamps = [p.stat().st_mtime_ns for p in sorted(folder.iterdir())]
+    write_predicted_liver_masks(root, model, log=messages.append)  # existing masks are kept
+    assert [p.stat().st_mtime_ns for p in sorted(folder.iterdir())] == stamps and len(messages) == 2
+    (folder / "case1.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="case1.nii.gz has no predicted liver mask"):
+        list_msd_cases(root, folder.name)
+
+
+def test_tumor_training_on_predicted_masks_crops_to_and_stacks_the_given_mask(blob_cases, tmp_path):
+    case = dict(blob_cases[0])
+    label = sitk.ReadImage(case["label"])
+    shifted = sitk.GetArrayFromImage(label) > 0
+    shifted = np.roll(shifted, 3, axis=2)  # a 'prediction' 6 mm off the truth along x
+    mask = sitk.GetImageFromArray(shifted.astype(np.uint8))
+    mask.CopyInformation(label)
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+    case["liver_mask"] = str(tmp_path / "mask.nii.gz")
+
+    config = tiny_config("tumor", 1)
+    config.liver_mask_input = "predicted"
+    item = training.build_transforms(config, training=False)(case)
+    truth_item = training.build_transforms(tiny_config("tumor", 1), training=False)(case)
+    channel, truth_channel = item["image"][1].numpy(), truth_item["image"][1].numpy()
+    assert set(np.unique(channel)) <= {0.0, 1.0}
+    assert channel.sum() == pytest.approx(truth_channel.sum(), rel=0.05)  # same liver, moved
+    assert not np.array_equal(channel, truth_channel)
+    # the target is still the true tumor, whatever the mask; the CT channel is the same image
+    assert item["label"].sum() == truth_item["label"].sum() > 0
+
+    def first_x(array):  # lowest x index (RAS, in the crop) of the foreground
+        return int(np.nonzero(array)[0].min())
+
+    # the mask channel is the given mask: 3 voxels off the tumor compared with the truth mask
+    offset = first_x(channel) - first_x(item["label"][0].numpy())
+    truth_offset = first_x(truth_channel) - first_x(truth_item["label"][0].numpy())
+    assert abs(offset - truth_offset) == 3
+    # and the crop follows it: the tumor sits elsewhere in the crop
+    assert first_x(item["label"][0].numpy()) != first_x(truth_item["label"][0].numpy())
+
+    with pytest.raises(ValueError, match="needs a 'liver_mask' file for every case"):
+        training.train(config, blob_cases[:2], blob_cases[2:], tmp_path / "run", log=lambda _: None)
+    config.liver_mask_input = "guessed"
+    with pytest.raises(ValueError, match="liver_mask_input must be one of"):
+        training.build_transforms(config, training=False)
+
+
+def test_train_cli_feeds_the_tumor_stage_a_registered_liver_models_masks(tmp_path, capsys):
+    from LiverTumorSegLib import cli
+    from LiverTumorSegLib.datasets import predicted_masks_folder
+    from LiverTumorSegLib.model_manifest import load_manifest
+
+    root = write_blob_dataset(tmp_path / "blobs")
+    options = ["train", "--stage", "tumor", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+               "--spacing-mm", "2,2,4", "--roi", "16,16,8", "--init-filters", "8", "--samples-per-volume", "1",
+               "--batch-size", "1", "--val-fraction", "0.34", "--device", "cpu"]
+    assert cli.main(options + ["--liver-model", "demo-liver-segresnet"]) == 0
+    liver = load_manifest()["demo-liver-segresnet"]
+    folder = tmp_path / "run" / "predicted_liver_masks" / predicted_masks_folder(liver)
+    assert sorted(p.name for p in folder.iterdir()) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
+    assert not any(p.name.startswith("liversTr") for p in root.iterdir())  # the user's data set is left alone
+    assert (tmp_path / "run" / "tumor" / "best.pt").is_file()
+    assert "predicted liver mask case0.nii.gz" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a liver model"):
+        cli.main(options + ["--liver-model", "sam-vit-b"])
+    with pytest.raises(SystemExit, match="unknown liver model 'no-such-model'"):
+        cli.main(options + ["--liver-model", "no-such-model"])

@@ -2,9 +2,10 @@
 
 The demo models let the whole pipeline run where no real weights can be downloaded (CI, offline
 machines, first contact). They are trained by ``training.train`` (the thesis recipe) on synthetic CT
-phantoms with fixed seeds, exported next to the manifest (``Resources/Models/demo/``), evaluated by the
-cascade on held-out phantoms with ``evaluation``, and described by a model card. They are demo-only:
-trained on phantoms, never for clinical images.
+phantoms with fixed seeds; the tumor stage learns on the liver masks that the demo liver model predicts
+for those phantoms, the input the cascade gives it. They are exported next to the manifest
+(``Resources/Models/demo/``), evaluated by the cascade on held-out phantoms with ``evaluation``, and
+described by a model card. They are demo-only: trained on phantoms, never for clinical images.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .model_manifest import MANIFEST_FILE, ModelEntry
+from .model_manifest import MANIFEST_FILE, ModelEntry, load_manifest
 
 DEMO_DIR = MANIFEST_FILE.parent / "demo"
 HELD_OUT_FIRST_SEED = 5000  # training phantoms use seeds 1000..; held-out ones start here
@@ -35,11 +36,15 @@ TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (64
 
 
 def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, iterations: int, val_interval: int,
-                patience: int, seed: int, plateau_patience: int = 1, log=print) -> dict:
+                patience: int, seed: int, plateau_patience: int = 1, liver_masks: Path | None = None,
+                log=print) -> dict:
+    """Train one stage of ``recipe`` on ``data_root``; ``liver_masks``: predicted liver masks for the tumor stage."""
     from .datasets import list_msd_cases, split_cases
     from .training import TrainConfig, train
 
-    train_cases, val_cases = split_cases(list_msd_cases(data_root), 0.15, seed)
+    train_cases, val_cases = split_cases(list_msd_cases(data_root, liver_masks), 0.15, seed)
+    if liver_masks is not None:
+        recipe = dict(recipe, liver_mask_input="predicted")
     config = TrainConfig(**recipe, max_epochs=epochs, iterations_per_epoch=iterations, samples_per_volume=2,
                          batch_size=2, val_interval=val_interval, early_stopping_patience=patience,
                          plateau_patience=plateau_patience, seed=seed,
@@ -153,6 +158,16 @@ def per_case_table(per_case: list[dict], structures: tuple[str, ...] = ("liver",
     return "\n".join(lines)
 
 
+def _mask_input_text(config) -> str:
+    """How the tumor stage's liver-mask channel was made in training (for the model card)."""
+    text = ("liver-mask input: the demo liver model's prediction on each training phantom, as the cascade "
+            "feeds it (cascade-consistent)" if config.liver_mask_input == "predicted"
+            else "liver-mask input: the truth liver")
+    if config.liver_mask_jitter_voxels:
+        text += f", randomly dilated or eroded by up to {config.liver_mask_jitter_voxels} voxels"
+    return text + "."
+
+
 def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, command: str, held_out: str) -> Path:
     result, config = trained["result"], trained["config"]
     structure = "liver" if config.stage == "liver" else "tumor"
@@ -172,9 +187,7 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
         f"{config.iterations_per_epoch} iterations, batch {config.batch_size}, Adam lr {config.learning_rate:g} (the "
         f"thesis uses 1e-4; the phantoms allow a faster schedule), seed {config.seed}; "
         f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}"
-        + (f"; the liver-mask input randomly dilated or eroded by up to {config.liver_mask_jitter_voxels} voxels "
-           "(the cascade feeds the liver model's prediction, not the truth)." if config.liver_mask_jitter_voxels
-           else "."),
+        + ("." if config.stage == "liver" else "; " + _mask_input_text(config)),
         f"- File: `{entry.local_path}`, {entry.size_bytes} bytes, SHA-256 `{entry.sha256}`.", "",
         "## Held-out phantoms ("
         + ("cascade: demo liver model, then demo tumor model)" if tumor_evaluated else "liver stage of the cascade)"),
@@ -193,7 +206,8 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from .datasets import make_phantom_dataset
+    from .datasets import make_phantom_dataset, write_predicted_liver_masks
+    from .networks import load_model
 
     command = "livertumor demo-models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
 
@@ -203,20 +217,29 @@ def _run_cli(args: argparse.Namespace) -> int:
     data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=1000, size_xy=args.size)
     common = {"iterations": args.iterations, "val_interval": args.val_interval, "patience": args.patience,
               "plateau_patience": args.plateau_patience, "seed": 0, "log": log}
-    trained = [train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common)]
     data = (f"{args.phantoms} synthetic CT phantoms, seeds 1000..{999 + args.phantoms}, {args.size}x{args.size} "
             f"in-plane (85 % training, 15 % validation, split with seed 0)")
-    entries = [export_stage(trained[0], "demo_liver_segresnet.md", data)]
-    if args.stages == "both":
-        trained.append(train_stage(TUMOR_RECIPE, data_root, args.work, epochs=args.tumor_epochs or args.epochs, **common))
-        entries.append(export_stage(trained[1], "demo_tumor_segresnet.md", data))
-    evaluated = evaluate_held_out(entries[0], entries[1] if len(entries) > 1 else None, args.work / "held_out",
-                                  HELD_OUT_FIRST_SEED, args.held_out, args.size, log=log)
+    trained, entries = [], []
+    if args.stages in ("both", "liver"):
+        trained.append(train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common))
+        entries.append(export_stage(trained[-1], "demo_liver_segresnet.md", data))
+        liver_entry = entries[0]
+    else:
+        liver_entry = load_manifest()[LIVER_RECIPE["model_id"]]  # the registered demo liver model
+    if args.stages in ("both", "tumor"):
+        masks = write_predicted_liver_masks(data_root, load_model(liver_entry, liver_entry.local_file()), log=log)
+        trained.append(train_stage(TUMOR_RECIPE, data_root, args.work, epochs=args.tumor_epochs or args.epochs,
+                                   liver_masks=masks, **common))
+        entries.append(export_stage(trained[-1], "demo_tumor_segresnet.md", data))
+    tumor_entry = entries[-1] if args.stages != "liver" else None
+    evaluated = evaluate_held_out(liver_entry, tumor_entry, args.work / "held_out", HELD_OUT_FIRST_SEED,
+                                  args.held_out, args.size, log=log)
     held_out = held_out_description(evaluated, args.size)
     for entry, stage in zip(entries, trained, strict=True):
         write_card(entry, stage, evaluated, command, held_out)
     register_entries(entries)
-    print(json.dumps({s: evaluated["summary"][s] for s in ("liver", "tumor")[:len(entries)]}, default=float))
+    structures = ("liver",) if tumor_entry is None else ("liver", "tumor")
+    print(json.dumps({s: evaluated["summary"][s] for s in structures}, default=float))
     return 0
 
 
@@ -229,8 +252,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--size", type=int, default=256, help="in-plane matrix of the phantoms")
     parser.add_argument("--epochs", type=int, default=60, help="maximum epochs (liver stage; tumor too unless given)")
     parser.add_argument("--tumor-epochs", type=int, default=None, help="maximum epochs of the tumor stage")
-    parser.add_argument("--stages", choices=["both", "liver"], default="both",
-                        help="train and register both stages, or the liver stage only")
+    parser.add_argument("--stages", choices=["both", "liver", "tumor"], default="both",
+                        help="train and register both stages, the liver stage only, or the tumor stage only (on "
+                             "the registered demo liver model's masks)")
     parser.add_argument("--iterations", type=int, default=17, help="iterations per epoch")
     parser.add_argument("--val-interval", type=int, default=4, help="epochs between validations")
     parser.add_argument("--patience", type=int, default=20, help="early stopping: epochs without a better Dice")

@@ -54,6 +54,7 @@ class TrainConfig:
     sw_overlap: float = 0.4
     crop_margin_mm: float = 10.0
     liver_mask_jitter_voxels: int = 0  # tumor stage: random dilation/erosion of the liver-mask channel
+    liver_mask_input: str = "truth"  # tumor stage: "truth" (labels > 0) or "predicted" (each case's "liver_mask")
     seed: int = 0
     num_workers: int = 0
     model_id: str = ""
@@ -90,25 +91,35 @@ class TrainConfig:
         })
 
 
+LIVER_MASK_INPUTS = ("truth", "predicted")
+
+
 def _deterministic_transforms(config: TrainConfig) -> list:
     from monai import transforms as mt
 
+    if config.liver_mask_input not in LIVER_MASK_INPUTS:
+        raise ValueError(f"liver_mask_input must be one of {LIVER_MASK_INPUTS}, got {config.liver_mask_input!r}")
     keys = ["image", "label"]
+    predicted = config.stage == "tumor" and config.liver_mask_input == "predicted"
+    loaded = keys + (["liver_mask"] if predicted else [])
     steps = [
-        mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
-        mt.EnsureChannelFirstd(keys=keys),
-        mt.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        mt.Spacingd(keys=keys, pixdim=config.spacing_mm, mode=("bilinear", "nearest")),
+        mt.LoadImaged(keys=loaded, reader="NibabelReader", image_only=True),
+        mt.EnsureChannelFirstd(keys=loaded),
+        mt.Orientationd(keys=loaded, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        mt.Spacingd(keys=loaded, pixdim=config.spacing_mm, mode=("bilinear",) + ("nearest",) * (len(loaded) - 1)),
         mt.ScaleIntensityRanged(keys="image", a_min=config.hu_min, a_max=config.hu_max, b_min=0.0, b_max=1.0,
                                 clip=True),
     ]
     if config.stage == "liver":
         steps.append(mt.Lambdad(keys="label", func=lambda label: (label > 0).float()))
     else:
+        # The crop and the second channel come from the liver mask the tumor model will see: the truth, or
+        # (cascade-consistent) the liver model's prediction, as at inference (cascade.liver_crop_region).
         margin = [max(1, round(config.crop_margin_mm / s)) for s in config.spacing_mm]
+        if not predicted:  # a case's predicted-mask path, if it has one, is not used
+            steps += [mt.DeleteItemsd(keys="liver_mask"), mt.CopyItemsd(keys="label", names="liver_mask")]
         steps += [
-            mt.CopyItemsd(keys="label", names="liver_mask"),
-            mt.Lambdad(keys="liver_mask", func=lambda label: (label > 0).float()),
+            mt.Lambdad(keys="liver_mask", func=lambda mask: (mask > 0).float()),
             mt.CropForegroundd(keys=["image", "label", "liver_mask"], source_key="liver_mask", margin=margin,
                                allow_smaller=True),
             mt.ConcatItemsd(keys=["image", "liver_mask"], name="image"),
@@ -173,6 +184,11 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     from monai.losses import DiceFocalLoss
     from monai.utils import set_determinism
 
+    if config.stage == "tumor" and config.liver_mask_input == "predicted":
+        missing = [case.get("case", case["image"]) for case in train_cases + val_cases if "liver_mask" not in case]
+        if missing:
+            raise ValueError(f"liver_mask_input='predicted' needs a 'liver_mask' file for every case; missing for "
+                             f"{missing[:5]} (datasets.write_predicted_liver_masks writes them)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=config.seed)
@@ -341,12 +357,14 @@ def _run_cli(args) -> int:
                          f"{args.phantom_first_seed + args.phantoms - 1}, {args.phantom_size}^2 in-plane)")
     else:
         data_root, training_data = args.data, f"MSD-layout data set {args.data}"
-    train_cases, val_cases = split_cases(list_msd_cases(data_root), args.val_fraction, args.seed)
+    liver_masks = _predicted_liver_masks(args, data_root) if args.liver_model else None
+    train_cases, val_cases = split_cases(list_msd_cases(data_root, liver_masks), args.val_fraction, args.seed)
     config = TrainConfig(stage=args.stage, spacing_mm=args.spacing_mm, roi_size=args.roi, init_filters=args.init_filters,
                          max_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                          samples_per_volume=args.samples_per_volume, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, early_stopping_patience=args.patience, seed=args.seed,
                          liver_mask_jitter_voxels=args.liver_mask_jitter_voxels,
+                         liver_mask_input="predicted" if liver_masks else "truth",
                          model_id=args.model_id, title=args.title, demo_only=bool(args.phantoms) or args.demo_only,
                          training_data=training_data)
     device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
@@ -356,6 +374,29 @@ def _run_cli(args) -> int:
                    log=lambda line: print(line, flush=True))
     print(json.dumps({"stage": "done", **result}), flush=True)
     return 0
+
+
+def _predicted_liver_masks(args, data_root: Path) -> Path:
+    """Write (or reuse) the liver masks that ``--liver-model`` predicts for the data set, under ``--out``."""
+    from . import model_registry
+    from .datasets import write_predicted_liver_masks
+    from .model_manifest import load_manifest
+    from .networks import load_model
+
+    if args.stage != "tumor":
+        raise SystemExit("--liver-model is for the tumor stage (its liver-mask input)")
+    manifest = load_manifest()
+    if args.liver_model not in manifest:
+        raise SystemExit(f"unknown liver model {args.liver_model!r}; known: {', '.join(manifest)}")
+    entry = manifest[args.liver_model]
+    if entry.task != "liver":
+        raise SystemExit(f"--liver-model {args.liver_model}: a {entry.task} model, not a liver model")
+    try:
+        model = load_model(entry, model_registry.resolve_model_file(entry, download=False))
+    except model_registry.RegistryError as error:
+        raise SystemExit(f"--liver-model {args.liver_model}: {error}") from error
+    return write_predicted_liver_masks(data_root, model, out_root=args.out / "predicted_liver_masks",
+                                       log=lambda line: print(line, flush=True))
 
 
 def _cuda_available() -> bool:
@@ -386,6 +427,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--liver-mask-jitter-voxels", type=int, default=0,
                         help="tumor stage: randomly dilate/erode the liver-mask input by up to N voxels, so that "
                              "the model tolerates the liver model's predicted mask (default 0: the thesis recipe)")
+    parser.add_argument("--liver-model", default=None, metavar="MODEL_ID",
+                        help="tumor stage: feed the liver masks this model predicts (as in the cascade) instead of "
+                             "the truth; they are computed once and kept under --out/predicted_liver_masks")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
