@@ -20,8 +20,10 @@ def test_held_out_evaluation_counts_only_phantoms_with_tumors_and_reports_the_tu
     assert sorted(p.name for p in (tmp_path / "eval" / "truth").iterdir()) == ["phantom_5000.nrrd",
                                                                                 "phantom_5002.nrrd"]
 
+    assert [c["seed"] for c in evaluated["tumor_reach"]] == [5000, 5002]
+    assert all(0.0 <= c["fraction"] <= 1.0 and c["max_dsc"] <= 1.0 for c in evaluated["tumor_reach"])
     text = demo_models.held_out_description(evaluated, 64)
-    assert "seeds 5000, 5002" in text and "seed 5001:" in text
+    assert "seeds 5000, 5002" in text and "seed 5001:" in text and "5002: " in text
     table = demo_models.per_case_table(evaluated["per_case"]).splitlines()
     assert len(table) == 2 + 2 and table[2].startswith("| phantom_5000.nrrd |")
     liver_dsc = float(table[2].split("|")[2])
@@ -51,3 +53,20 @@ def test_the_manifest_is_rewritten_compactly_and_losslessly():
     assert json.loads(text) == document
     assert '"spacing_mm": [3.0, 3.0, 3.0]' in text and '"blocks_down": [1, 2, 2, 4]' in text
     assert '"names": ["a]", "[b", "c,\\n"]' in text
+
+
+def test_tumor_reach_is_the_share_of_the_true_tumor_inside_the_predicted_liver():
+    import numpy as np
+    import SimpleITK as sitk
+
+    truth = np.zeros((4, 10, 10), np.uint8)
+    truth[:, 2:8, 2:8] = 1
+    truth[1:3, 6:8, 2:8] = 2  # 24 tumor voxels at the liver's edge
+    predicted = np.zeros_like(truth)
+    predicted[:, 2:7, 2:8] = 1  # the liver stage leaves out row 7: 12 of the tumor voxels
+    reach = demo_models.tumor_reach(sitk.GetImageFromArray(predicted), sitk.GetImageFromArray(truth))
+    assert reach == {"fraction": 0.5, "max_dsc": round(2 * 12 / 36, 4)}
+    predicted[truth == 2] = 2  # tumor label counts as inside the liver
+    assert demo_models.tumor_reach(sitk.GetImageFromArray(predicted), sitk.GetImageFromArray(truth))["fraction"] == 1.0
+    assert demo_models.tumor_reach(sitk.GetImageFromArray(predicted), sitk.GetImageFromArray(truth * 0)) == {
+        "fraction": 1.0, "max_dsc": 1.0}

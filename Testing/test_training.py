@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -245,3 +246,30 @@ def test_train_cli_feeds_the_tumor_stage_a_registered_liver_models_masks(tmp_pat
         cli.main(options + ["--liver-model", "sam-vit-b"])
     with pytest.raises(SystemExit, match="unknown liver model 'no-such-model'"):
         cli.main(options + ["--liver-model", "no-such-model"])
+
+
+def test_the_liver_stage_can_centre_a_share_of_its_patches_on_tumor(blob_cases):
+    from monai.transforms import Compose
+
+    def tumor_centred_share(fraction):
+        config = tiny_config("liver", 1)
+        config.tumor_crop_fraction = fraction
+        item = Compose(training._deterministic_transforms(config))(blob_cases[0])
+        sampler = training._patch_sampler(config, ["image", "label"]).set_random_state(0)
+        centres = []
+        for _ in range(20):
+            for patch in sampler(item):
+                assert set(np.unique(patch["label"].numpy())) <= {0.0, 1.0}  # the target stays the whole liver
+                centres.append(float(patch["image"][0, 8, 8, 4]))
+        # clip-scaled HU: tumor about 0.43, liver 0.70, body 0.17 (noise about 0.03)
+        return np.mean([abs(c - 0.43) < 0.12 for c in centres])
+
+    assert tumor_centred_share(0.9) > 0.75
+    assert tumor_centred_share(0.0) < 0.2  # the thesis pos/neg sampler
+    item = training.build_transforms(dataclasses_replace(tiny_config("liver", 1), tumor_crop_fraction=0.5),
+                                     training=True)(blob_cases[0])[0]
+    assert "classes" not in item and item["image"].shape[1:] == (16, 16, 8)
+    assert "classes" not in training.build_transforms(
+        dataclasses_replace(tiny_config("liver", 1), tumor_crop_fraction=0.5), training=False)(blob_cases[0])
+    with pytest.raises(ValueError, match="tumor_crop_fraction"):
+        training.build_transforms(dataclasses_replace(tiny_config("liver", 1), tumor_crop_fraction=1.0), True)

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .model_manifest import MANIFEST_FILE, ModelEntry, load_manifest
@@ -86,7 +87,7 @@ def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry | None, out_dir: Path
     predicted, truth = out_dir / "predicted", out_dir / "truth"
     predicted.mkdir(parents=True, exist_ok=True)
     truth.mkdir(parents=True, exist_ok=True)
-    seconds, seeds, tumor_free = [], [], []
+    seconds, seeds, tumor_free, reach = [], [], [], []
     seed = first_seed
     while len(seeds) < n_cases:
         if seed - first_seed >= 10 * n_cases:
@@ -98,6 +99,7 @@ def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry | None, out_dir: Path
         seconds.append(time.perf_counter() - started)
         if phantom.tumors:
             seeds.append(seed)
+            reach.append({"seed": seed, **tumor_reach(result.labels, phantom.labels)})
             sitk.WriteImage(result.labels, str(predicted / f"phantom_{seed}.nrrd"), useCompression=True)
             sitk.WriteImage(phantom.labels, str(truth / f"phantom_{seed}.nrrd"), useCompression=True)
         else:
@@ -107,8 +109,22 @@ def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry | None, out_dir: Path
     metrics, summary = evaluation.evaluate_folders(predicted, truth)
     evaluation.write_reports(metrics, summary, out_dir / "report")
     return {"summary": summary, "per_case": [asdict(m) for m in metrics], "seconds_per_case": seconds,
-            "seeds": seeds, "tumor_free": tumor_free, "tumor_evaluated": tumor is not None,
+            "seeds": seeds, "tumor_free": tumor_free, "tumor_reach": reach, "tumor_evaluated": tumor is not None,
             "markdown": evaluation.markdown_table(summary if tumor is not None else {"liver": summary["liver"]})}
+
+
+def tumor_reach(predicted: sitk.Image, truth: sitk.Image) -> dict:
+    """How much of the true tumor the liver stage hands the tumor stage, and the best tumor DSC that allows.
+
+    The cascade keeps tumors inside the predicted liver (``predicted`` labels > 0); a true tumor voxel outside
+    it is lost whatever the tumor model does. ``fraction``: share of the true tumor (``truth`` == 2) inside;
+    ``max_dsc``: the tumor DSC of a perfect tumor model under that rule, 2 * inside / (inside + true).
+    """
+    true_tumor = sitk.GetArrayViewFromImage(truth) == 2
+    inside = int(np.count_nonzero(true_tumor & (sitk.GetArrayViewFromImage(predicted) > 0)))
+    total = int(np.count_nonzero(true_tumor))
+    return {"fraction": round(inside / total, 4) if total else 1.0,
+            "max_dsc": round(2 * inside / (inside + total), 4) if total else 1.0}
 
 
 def register_entries(entries: list[ModelEntry]) -> None:
@@ -135,6 +151,9 @@ def held_out_description(evaluated: dict, size_xy: int) -> str:
     seeds = ", ".join(str(s) for s in evaluated["seeds"])
     text = (f"{len(evaluated['seeds'])} phantoms with tumors, seeds {seeds} (not used in training), {size_xy}x{size_xy} "
             f"in-plane, evaluated on their own voxel grid with `livertumor evaluate`'s metrics.")
+    reach = ", ".join(f"{c['seed']}: {c['fraction']:.2f} (max DSC {c['max_dsc']:.2f})" for c in evaluated["tumor_reach"])
+    text += (f" Share of the true tumor inside the predicted liver, the most the tumor stage can find (tumors are "
+             f"kept inside the liver): {reach}.")
     if evaluated["tumor_free"] and evaluated["tumor_evaluated"]:
         false_positives = ", ".join(f"seed {c['seed']}: {c['false_positive_tumor_ml']} mL"
                                     for c in evaluated["tumor_free"])

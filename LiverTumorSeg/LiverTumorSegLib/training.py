@@ -55,6 +55,7 @@ class TrainConfig:
     crop_margin_mm: float = 10.0
     liver_mask_jitter_voxels: int = 0  # tumor stage: random dilation/erosion of the liver-mask channel
     liver_mask_input: str = "truth"  # tumor stage: "truth" (labels > 0) or "predicted" (each case's "liver_mask")
+    tumor_crop_fraction: float = 0.0  # liver stage: share of patches centred on tumor (0: thesis pos/neg 1:1)
     seed: int = 0
     num_workers: int = 0
     model_id: str = ""
@@ -111,6 +112,9 @@ def _deterministic_transforms(config: TrainConfig) -> list:
                                 clip=True),
     ]
     if config.stage == "liver":
+        if _samples_tumors(config):  # the 0/1/2 labels choose the patch centres, then go
+            steps.append(mt.CopyItemsd(keys="label", names="classes"))
+            keys = keys + ["classes"]
         steps.append(mt.Lambdad(keys="label", func=lambda label: (label > 0).float()))
     else:
         # The crop and the second channel come from the liver mask the tumor model will see: the truth, or
@@ -137,10 +141,8 @@ def build_transforms(config: TrainConfig, training: bool):
     keys = ["image", "label"]
     steps = _deterministic_transforms(config)
     if training:
+        steps.append(_patch_sampler(config, keys))
         steps += [
-            mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=config.roi_size, pos=1, neg=1,
-                                      num_samples=config.samples_per_volume, image_key="image",
-                                      image_threshold=0.0),
             mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
             mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
             mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
@@ -156,8 +158,35 @@ def build_transforms(config: TrainConfig, training: bool):
             from .train_transforms import RandChannelMorphologyd
 
             steps.append(RandChannelMorphologyd("image", channel=1, max_voxels=config.liver_mask_jitter_voxels))
+    if _samples_tumors(config):
+        steps.append(mt.DeleteItemsd(keys="classes"))  # it only chose the patch centres
     steps.append(mt.EnsureTyped(keys=keys, track_meta=False))
     return mt.Compose(steps)
+
+
+def _samples_tumors(config: TrainConfig) -> bool:
+    if not 0.0 <= config.tumor_crop_fraction < 1.0:
+        raise ValueError(f"tumor_crop_fraction must be in [0, 1), got {config.tumor_crop_fraction}")
+    return config.stage == "liver" and config.tumor_crop_fraction > 0
+
+
+def _patch_sampler(config: TrainConfig, keys: list[str]):
+    """Training patches: thesis pos/neg 1:1 around the target, or for the liver stage with
+    ``tumor_crop_fraction`` centred on tumor that often (the rest split evenly between liver and background).
+
+    Tumors at the liver's surface look like the tissue outside it; a liver model that rarely sees them leaves
+    them out, and the cascade cannot find them then (``demo_models.tumor_reach``).
+    """
+    from monai import transforms as mt
+
+    if not _samples_tumors(config):
+        return mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=config.roi_size, pos=1, neg=1,
+                                         num_samples=config.samples_per_volume, image_key="image",
+                                         image_threshold=0.0)
+    rest = (1.0 - config.tumor_crop_fraction) / 2
+    return mt.RandCropByLabelClassesd(keys=keys + ["classes"], label_key="classes", spatial_size=config.roi_size,
+                                      ratios=[rest, rest, config.tumor_crop_fraction], num_classes=3,
+                                      num_samples=config.samples_per_volume, warn=False)
 
 
 def build_network(config: TrainConfig):
@@ -365,6 +394,7 @@ def _run_cli(args) -> int:
                          learning_rate=args.learning_rate, early_stopping_patience=args.patience, seed=args.seed,
                          liver_mask_jitter_voxels=args.liver_mask_jitter_voxels,
                          liver_mask_input="predicted" if liver_masks else "truth",
+                         tumor_crop_fraction=args.tumor_crop_fraction,
                          model_id=args.model_id, title=args.title, demo_only=bool(args.phantoms) or args.demo_only,
                          training_data=training_data)
     device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
@@ -427,6 +457,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--liver-mask-jitter-voxels", type=int, default=0,
                         help="tumor stage: randomly dilate/erode the liver-mask input by up to N voxels, so that "
                              "the model tolerates the liver model's predicted mask (default 0: the thesis recipe)")
+    parser.add_argument("--tumor-crop-fraction", type=float, default=0.0,
+                        help="liver stage: centre this share of the patches on tumor, so that the liver model learns "
+                             "that tumors at its surface are liver (default 0: the thesis pos/neg sampling)")
     parser.add_argument("--liver-model", default=None, metavar="MODEL_ID",
                         help="tumor stage: feed the liver masks this model predicts (as in the cascade) instead of "
                              "the truth; they are computed once and kept under --out/predicted_liver_masks")
