@@ -24,7 +24,9 @@ import SimpleITK as sitk
 from .model_manifest import MANIFEST_FILE, ModelEntry, load_manifest
 
 DEMO_DIR = MANIFEST_FILE.parent / "demo"
-HELD_OUT_FIRST_SEED = 5000  # training phantoms use seeds 1000..; held-out ones start here
+LIVER_FIRST_SEED = 1000  # the liver stage's training phantoms
+TUMOR_FIRST_SEED = 2000  # the tumor stage's: phantoms the liver model never saw, so its masks carry real errors
+HELD_OUT_FIRST_SEED = 5000  # held-out phantoms for the evaluation
 
 # The committed demo models (see their model cards for the measured figures).
 LIVER_RECIPE = {"stage": "liver", "spacing_mm": (3.0, 3.0, 3.0), "roi_size": (64, 64, 48), "init_filters": 8,
@@ -233,23 +235,29 @@ def _run_cli(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
-    data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=1000, size_xy=args.size)
     common = {"iterations": args.iterations, "val_interval": args.val_interval, "patience": args.patience,
               "plateau_patience": args.plateau_patience, "seed": 0, "log": log}
-    data = (f"{args.phantoms} synthetic CT phantoms, seeds 1000..{999 + args.phantoms}, {args.size}x{args.size} "
-            f"in-plane (85 % training, 15 % validation, split with seed 0)")
     trained, entries = [], []
     if args.stages in ("both", "liver"):
+        data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=LIVER_FIRST_SEED,
+                                         size_xy=args.size)
         trained.append(train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common))
-        entries.append(export_stage(trained[-1], "demo_liver_segresnet.md", data))
+        entries.append(export_stage(trained[-1], "demo_liver_segresnet.md",
+                                    _phantoms_text(args.phantoms, LIVER_FIRST_SEED, args.size)))
         liver_entry = entries[0]
     else:
         liver_entry = load_manifest()[LIVER_RECIPE["model_id"]]  # the registered demo liver model
     if args.stages in ("both", "tumor"):
-        masks = write_predicted_liver_masks(data_root, load_model(liver_entry, liver_entry.local_file()), log=log)
-        trained.append(train_stage(TUMOR_RECIPE, data_root, args.work, epochs=args.tumor_epochs or args.epochs,
+        # The tumor stage learns on the liver masks the liver model predicts for phantoms it was not trained on:
+        # on its own training phantoms those masks would be better than anything it meets in use.
+        tumor_root = make_phantom_dataset(args.work / "tumor_phantoms", args.tumor_phantoms,
+                                          first_seed=TUMOR_FIRST_SEED, size_xy=args.size)
+        masks = write_predicted_liver_masks(tumor_root, load_model(liver_entry, liver_entry.local_file()), log=log)
+        trained.append(train_stage(TUMOR_RECIPE, tumor_root, args.work, epochs=args.tumor_epochs or args.epochs,
                                    liver_masks=masks, **common))
-        entries.append(export_stage(trained[-1], "demo_tumor_segresnet.md", data))
+        entries.append(export_stage(trained[-1], "demo_tumor_segresnet.md",
+                                    _phantoms_text(args.tumor_phantoms, TUMOR_FIRST_SEED, args.size)
+                                    + f"; liver-mask input predicted by {liver_entry.id}"))
     tumor_entry = entries[-1] if args.stages != "liver" else None
     evaluated = evaluate_held_out(liver_entry, tumor_entry, args.work / "held_out", HELD_OUT_FIRST_SEED,
                                   args.held_out, args.size, log=log)
@@ -262,11 +270,18 @@ def _run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _phantoms_text(n_phantoms: int, first_seed: int, size_xy: int) -> str:
+    return (f"{n_phantoms} synthetic CT phantoms, seeds {first_seed}..{first_seed + n_phantoms - 1}, "
+            f"{size_xy}x{size_xy} in-plane (85 % training, 15 % validation, split with seed 0)")
+
+
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser("demo-models", help="train, evaluate and register the phantom demo models",
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="working folder (phantoms, checkpoints, reports)")
-    parser.add_argument("--phantoms", type=int, default=40, help="training + validation phantoms")
+    parser.add_argument("--phantoms", type=int, default=40, help="liver stage: training + validation phantoms")
+    parser.add_argument("--tumor-phantoms", type=int, default=60,
+                        help="tumor stage: training + validation phantoms (other seeds than the liver stage's)")
     parser.add_argument("--held-out", type=int, default=6, help="held-out phantoms with tumors for the evaluation")
     parser.add_argument("--size", type=int, default=256, help="in-plane matrix of the phantoms")
     parser.add_argument("--epochs", type=int, default=60, help="maximum epochs (liver stage; tumor too unless given)")
