@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from LiverTumorSegLib import demo_models
 from LiverTumorSegLib.model_manifest import load_manifest
 from LiverTumorSegLib.scenarios import untrained_test_models
@@ -70,3 +72,52 @@ def test_tumor_reach_is_the_share_of_the_true_tumor_inside_the_predicted_liver()
     assert demo_models.tumor_reach(sitk.GetImageFromArray(predicted), sitk.GetImageFromArray(truth))["fraction"] == 1.0
     assert demo_models.tumor_reach(sitk.GetImageFromArray(predicted), sitk.GetImageFromArray(truth * 0)) == {
         "fraction": 1.0, "max_dsc": 1.0}
+
+
+@pytest.mark.slow
+def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path, monkeypatch, capsys):
+    """`livertumor demo-models` end to end on tiny phantoms, one iteration per stage, into a copy of the manifest;
+    then `--stages tumor` retrains the tumor stage on the masks of the liver model that the first run registered."""
+    import json
+    import shutil
+    import sys
+
+    from LiverTumorSegLib.cli import main
+
+    manifest = tmp_path / "models" / "models.json"
+    manifest.parent.mkdir()
+    shutil.copy(demo_models.MANIFEST_FILE, manifest)
+    monkeypatch.setattr(demo_models, "MANIFEST_FILE", manifest)
+    monkeypatch.setattr(demo_models, "DEMO_DIR", manifest.parent / "demo")
+    coarse = {"spacing_mm": (9.0, 9.0, 9.0), "roi_size": (32, 32, 16)}  # the recipes' grids would take minutes
+    monkeypatch.setattr(demo_models, "LIVER_RECIPE", dict(demo_models.LIVER_RECIPE, **coarse))
+    monkeypatch.setattr(demo_models, "TUMOR_RECIPE", dict(demo_models.TUMOR_RECIPE, **coarse))
+    others = {m["id"] for m in json.loads(manifest.read_text())["models"]} - {"demo-liver-segresnet",
+                                                                             "demo-tumor-segresnet"}
+    tiny = ["--size", "64", "--phantoms", "3", "--tumor-phantoms", "3", "--held-out", "1", "--epochs", "1",
+            "--iterations", "1", "--val-interval", "1"]
+
+    argv = ["demo-models", "--work", str(tmp_path / "work"), *tiny]
+    monkeypatch.setattr(sys, "argv", ["livertumor", *argv])
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"liver", "tumor"} and summary["liver"]["cases"] == 1
+
+    models = load_manifest(manifest)
+    assert others <= set(models)  # the other entries are kept
+    liver, tumor = models["demo-liver-segresnet"], models["demo-tumor-segresnet"]
+    assert liver.demo_only and tumor.demo_only and tumor.input_channels == ("ct", "liver_mask")
+    assert liver.local_file().parent == tumor.local_file().parent == manifest.parent / "demo"
+    card = (manifest.parent / "demo" / "demo_tumor_segresnet.md").read_text()
+    assert "livertumor demo-models --work" in card and "--size 64" in card
+    assert "seeds 2000..2002" in card and "liver-mask input predicted by demo-liver-segresnet" in card
+    assert "| phantom_5000.nrrd |" in card  # the held-out table
+    liver_sha = liver.sha256
+
+    argv = ["demo-models", "--work", str(tmp_path / "work_tumor"), "--stages", "tumor", *tiny]
+    monkeypatch.setattr(sys, "argv", ["livertumor", *argv])
+    assert main(argv) == 0
+    again = load_manifest(manifest)
+    assert again["demo-liver-segresnet"].sha256 == liver_sha  # the liver model is used, not retrained
+    assert again["demo-tumor-segresnet"].local_file().is_file()
+    assert (tmp_path / "work_tumor" / "tumor" / "best.pt").is_file()

@@ -246,7 +246,7 @@ def _run_cli(args: argparse.Namespace) -> int:
                                     _phantoms_text(args.phantoms, LIVER_FIRST_SEED, args.size)))
         liver_entry = entries[0]
     else:
-        liver_entry = load_manifest()[LIVER_RECIPE["model_id"]]  # the registered demo liver model
+        liver_entry = load_manifest(MANIFEST_FILE)[LIVER_RECIPE["model_id"]]  # the registered demo liver model
     if args.stages in ("both", "tumor"):
         # The tumor stage learns on the liver masks the liver model predicts for phantoms it was not trained on:
         # on its own training phantoms those masks would be better than anything it meets in use.
