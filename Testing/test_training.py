@@ -81,6 +81,28 @@ def test_resuming_a_finished_run_trains_nothing_and_takes_the_new_plateau_patien
     assert torch.load(tmp_path / "last.pt", weights_only=False)["scheduler"]["patience"] == 1
 
 
+
+def test_a_warm_restart_resets_the_learning_rate_and_the_plateau_count_only_when_resuming(blob_cases, tmp_path):
+    train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
+    first = training.train(tiny_config("tumor", 2), train_cases, val_cases, tmp_path, restart_learning_rate=5e-5,
+                           log=lambda _: None)
+    assert first["resumed_after_epoch"] is None and not first["learning_rate_restarted"]
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["history"][0]["lr"] == 1e-4  # nothing to restart in a fresh run
+    # make the stored run look as if the plateau schedule had cut the rate and counted bad validations
+    for group in state["optimizer"]["param_groups"]:
+        group["lr"] = 1e-6
+    state["scheduler"]["num_bad_epochs"] = 7
+    torch.save(state, tmp_path / "last.pt")
+    messages = []
+    resumed = training.train(tiny_config("tumor", 3), train_cases, val_cases, tmp_path, restart_learning_rate=5e-5,
+                             log=messages.append)
+    assert resumed["resumed_after_epoch"] == 1 and resumed["epochs_run"] == 3 and resumed["learning_rate_restarted"]
+    after = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert after["history"][-1]["epoch"] == 2 and after["history"][-1]["lr"] == 5e-5
+    assert after["scheduler"]["num_bad_epochs"] <= 1  # counted afresh: one validation since the restart
+    assert any("learning rate restarted at 5e-05" in m for m in messages)
+
 def test_export_writes_weights_with_their_checksum(blob_cases, tmp_path):
     train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
     result = training.train(tiny_config("liver", 1), train_cases, val_cases, tmp_path, log=lambda _: None)

@@ -33,15 +33,16 @@ LIVER_RECIPE = {"stage": "liver", "spacing_mm": (3.0, 3.0, 3.0), "roi_size": (64
                 "sw_overlap": 0.25, "learning_rate": 1e-3, "model_id": "demo-liver-segresnet",
                 "title": "Demo liver SegResNet (3 mm, phantom-trained)"}
 TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (64, 64, 32), "init_filters": 8,
-                "sw_overlap": 0.25, "learning_rate": 1e-3, "liver_mask_jitter_voxels": 3,
+                "sw_overlap": 0.25, "learning_rate": 1e-3, "liver_mask_jitter_voxels": 0,
                 "model_id": "demo-tumor-segresnet",
                 "title": "Demo liver-tumor SegResNet (1.5 mm, phantom-trained)"}
 
 
 def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, iterations: int, val_interval: int,
                 patience: int, seed: int, plateau_patience: int = 1, liver_masks: Path | None = None,
-                log=print) -> dict:
-    """Train one stage of ``recipe`` on ``data_root``; ``liver_masks``: predicted liver masks for the tumor stage."""
+                restart_learning_rate: float | None = None, log=print) -> dict:
+    """Train one stage of ``recipe`` on ``data_root``; ``liver_masks``: predicted liver masks for the tumor stage;
+    ``restart_learning_rate``: a warm restart when an earlier run in ``out_dir`` is resumed."""
     from .datasets import list_msd_cases, split_cases
     from .training import TrainConfig, train
 
@@ -55,8 +56,10 @@ def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, it
                          training_data=f"{len(train_cases)} synthetic CT phantoms (validation {len(val_cases)}), "
                                        f"{data_root.name}")
     log(f"training {recipe['stage']}: {len(train_cases)} train / {len(val_cases)} validation phantoms")
-    return {"result": train(config, train_cases, val_cases, out_dir / recipe["stage"], log=log),
-            "config": config, "train_cases": len(train_cases), "val_cases": len(val_cases)}
+    result = train(config, train_cases, val_cases, out_dir / recipe["stage"],
+                   restart_learning_rate=restart_learning_rate, log=log)
+    return {"result": result, "config": config, "train_cases": len(train_cases), "val_cases": len(val_cases),
+            "restart_learning_rate": restart_learning_rate}
 
 
 def export_stage(trained: dict, card_name: str, training_data: str) -> ModelEntry:
@@ -189,6 +192,18 @@ def _mask_input_text(config) -> str:
     return text + "."
 
 
+def _resume_lines(trained: dict) -> list[str]:
+    """A card line when the run continued an earlier one in the same working folder (``train`` resumes)."""
+    after = trained["result"].get("resumed_after_epoch")
+    if after is None:
+        return []
+    restart = trained.get("restart_learning_rate") if trained["result"].get("learning_rate_restarted") else None
+    return [f"- Resumed after epoch {after} from `last.pt` of an earlier run of this command in the same working "
+            f"folder (epochs up to {after} ran with that run's options; `metrics.csv` there has the learning rate of "
+            f"every epoch)"
+            + (f"; learning rate restarted at {restart:g}." if restart is not None else ".")]
+
+
 def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, command: str, held_out: str) -> Path:
     result, config = trained["result"], trained["config"]
     structure = "liver" if config.stage == "liver" else "tumor"
@@ -206,9 +221,11 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
         f"{list(entry.roi_size)} voxels.",
         f"- Training: thesis recipe (`LiverTumorSegLib.training`), {result['epochs_run']} epochs of "
         f"{config.iterations_per_epoch} iterations, batch {config.batch_size}, Adam lr {config.learning_rate:g} (the "
-        f"thesis uses 1e-4; the phantoms allow a faster schedule), seed {config.seed}; "
+        f"thesis uses 1e-4; the phantoms allow a faster schedule) halved after {config.plateau_patience} "
+        f"validation(s) without a better Dice, seed {config.seed}; "
         f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}"
         + ("." if config.stage == "liver" else "; " + _mask_input_text(config)),
+        *_resume_lines(trained),
         f"- File: `{entry.local_path}`, {entry.size_bytes} bytes, SHA-256 `{entry.sha256}`.", "",
         "## Held-out phantoms ("
         + ("cascade: demo liver model, then demo tumor model)" if tumor_evaluated else "liver stage of the cascade)"),
@@ -236,7 +253,8 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     common = {"iterations": args.iterations, "val_interval": args.val_interval, "patience": args.patience,
-              "plateau_patience": args.plateau_patience, "seed": 0, "log": log}
+              "plateau_patience": args.plateau_patience, "restart_learning_rate": args.restart_lr, "seed": 0,
+              "log": log}
     trained, entries = [], []
     if args.stages in ("both", "liver"):
         data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=LIVER_FIRST_SEED,
@@ -294,4 +312,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--patience", type=int, default=20, help="early stopping: epochs without a better Dice")
     parser.add_argument("--plateau-patience", type=int, default=1,
                         help="validations without a better Dice before the learning rate is halved")
+    parser.add_argument("--restart-lr", type=float, default=None, metavar="LR",
+                        help="when a stage resumes an earlier run in --work, restart its learning rate at LR (warm "
+                             "restart) and its plateau schedule")
     parser.set_defaults(func=_run_cli)

@@ -201,12 +201,15 @@ class TrainingCancelled(RuntimeError):
 
 
 def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], out_dir: str | Path, *,
-          device: str = "cpu", resume: bool = True, log: Callable[[str], None] = print,
-          cancel: threading.Event | None = None) -> dict:
-    """Train one stage; returns ``{"best_dice", "best_epoch", "epochs_run", "checkpoint"}``.
+          device: str = "cpu", resume: bool = True, restart_learning_rate: float | None = None,
+          log: Callable[[str], None] = print, cancel: threading.Event | None = None) -> dict:
+    """Train one stage; returns ``{"best_dice", "best_epoch", "epochs_run", "checkpoint", "resumed_after_epoch",
+    "learning_rate_restarted"}``.
 
     ``train_cases``/``val_cases`` are ``[{"image": path, "label": path}]`` (NIfTI). Metrics go to
-    ``metrics.csv`` (and TensorBoard when it is installed) in ``out_dir``.
+    ``metrics.csv`` (and TensorBoard when it is installed) in ``out_dir``. ``restart_learning_rate``: when
+    the run resumes, set the learning rate to this value and start the plateau schedule afresh (a warm
+    restart, for a run whose rate the plateau schedule had already cut several times).
     """
     import torch
     from monai.data import CacheDataset, DataLoader
@@ -231,12 +234,17 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     start_epoch = state["epoch"] + 1 if state else 0
     best = {"dice": state["best_dice"], "epoch": state["best_epoch"]} if state else {"dice": -1.0, "epoch": -1}
     history: list[dict] = state["history"] if state else []
+    resumed = {"resumed_after_epoch": state["epoch"] if state else None, "learning_rate_restarted": False}
     if state:
         log(f"resuming after epoch {state['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
         if start_epoch >= config.max_epochs or state["epoch"] - best["epoch"] >= config.early_stopping_patience:
             log("nothing left to train: the resumed run had finished")
             return {"best_dice": best["dice"], "best_epoch": best["epoch"], "epochs_run": start_epoch,
-                    "checkpoint": str(out_dir / "best.pt")}
+                    "checkpoint": str(out_dir / "best.pt"), **resumed}
+        if restart_learning_rate is not None:
+            _restart_schedule(optimizer, scheduler, restart_learning_rate)
+            resumed["learning_rate_restarted"] = True
+            log(f"learning rate restarted at {restart_learning_rate:g}")
 
     # CacheDataset keeps the deterministic part (load, orient, resample, crop) in memory: only the random
     # augmentation runs per iteration.
@@ -267,7 +275,16 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     if writer is not None:
         writer.close()
     return {"best_dice": best["dice"], "best_epoch": best["epoch"], "epochs_run": epoch + 1,
-            "checkpoint": str(out_dir / "best.pt")}
+            "checkpoint": str(out_dir / "best.pt"), **resumed}
+
+
+def _restart_schedule(optimizer, scheduler, learning_rate: float) -> None:
+    """Set the learning rate and forget the plateau count (the best Dice so far is kept)."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    scheduler.num_bad_epochs = 0
+    scheduler.cooldown_counter = 0
+    scheduler._last_lr = [learning_rate] * len(optimizer.param_groups)
 
 
 def _train_one_epoch(model, loader, optimizer, loss_function, device, config, cancel) -> float:
