@@ -140,8 +140,7 @@ def segment_phantom_with_demo_models(scene, work_dir: Path) -> None:
     """Phantom DICOM -> volume node -> blocking run with the demo models -> segments with the right
     terminology, colours and geometry, liver and tumor volumes within 5 % of the phantom truth.
 
-    Registered in ``SCENARIOS`` once the demo tumor model is committed too (``livertumor demo-models``;
-    the run phantom's seed is not among the training or held-out seeds).
+    The run phantom's seed is not among the demo models' training or held-out seeds.
     """
     phantom, measured, segmentation_node = _run_demo_models(scene, work_dir, DEMO_TUMOR_MODEL)
     _terminology_ok(segmentation_node, (("liver", "Liver"), ("liver_tumor", "Liver tumor")))
@@ -229,6 +228,7 @@ SCENARIOS: dict[str, Callable[[object, Path], None]] = {
     "window_presets": window_presets,
     "bad_dicom_leaves_scene_unchanged": bad_dicom_leaves_scene_unchanged,
     "segment_phantom_with_demo_liver_model": segment_phantom_with_demo_liver_model,
+    "segment_phantom_with_demo_models": segment_phantom_with_demo_models,
     "cancel_mid_run_leaves_nothing": cancel_mid_run_leaves_nothing,
     **flr_scenarios.SCENARIOS,
 }
