@@ -97,7 +97,7 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     tiny = ["--size", "64", "--phantoms", "3", "--tumor-phantoms", "3", "--held-out", "1", "--epochs", "1",
             "--iterations", "1", "--val-interval", "1"]
 
-    argv = ["demo-models", "--work", str(tmp_path / "work"), *tiny]
+    argv = ["demo-models", "--work", str(tmp_path / "work"), "--tumor-crop-fraction", "0.5", *tiny]
     monkeypatch.setattr(sys, "argv", ["livertumor", *argv])
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -112,6 +112,8 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     assert "livertumor demo-models --work" in card and "--size 64" in card
     assert "seeds 2000..2002" in card and "liver-mask input predicted by demo-liver-segresnet" in card
     assert "| phantom_5000.nrrd |" in card  # the held-out table
+    liver_card = (manifest.parent / "demo" / "demo_liver_segresnet.md").read_text()
+    assert "patches centred on tumor 50% of the time" in liver_card
     liver_sha = liver.sha256
 
     argv = ["demo-models", "--work", str(tmp_path / "work_tumor"), "--stages", "tumor", *tiny]

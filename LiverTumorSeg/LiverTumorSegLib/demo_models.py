@@ -182,6 +182,14 @@ def per_case_table(per_case: list[dict], structures: tuple[str, ...] = ("liver",
     return "\n".join(lines)
 
 
+def _sampling_text(config) -> str:
+    """How the liver stage's patches were centred (for the model card)."""
+    if config.tumor_crop_fraction:
+        return (f"patches centred on tumor {config.tumor_crop_fraction:.0%} of the time, the rest split between "
+                f"liver and background.")
+    return "patches centred on liver or background, 1:1."
+
+
 def _mask_input_text(config) -> str:
     """How the tumor stage's liver-mask channel was made in training (for the model card)."""
     text = ("liver-mask input: the demo liver model's prediction on each training phantom, as the cascade "
@@ -224,7 +232,7 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
         f"thesis uses 1e-4; the phantoms allow a faster schedule) halved after {config.plateau_patience} "
         f"validation(s) without a better Dice, seed {config.seed}; "
         f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}"
-        + ("." if config.stage == "liver" else "; " + _mask_input_text(config)),
+        + ("; " + _sampling_text(config) if config.stage == "liver" else "; " + _mask_input_text(config)),
         *_resume_lines(trained),
         f"- File: `{entry.local_path}`, {entry.size_bytes} bytes, SHA-256 `{entry.sha256}`.", "",
         "## Held-out phantoms ("
@@ -259,7 +267,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.stages in ("both", "liver"):
         data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=LIVER_FIRST_SEED,
                                          size_xy=args.size)
-        trained.append(train_stage(LIVER_RECIPE, data_root, args.work, epochs=args.epochs, **common))
+        recipe = dict(LIVER_RECIPE, tumor_crop_fraction=args.tumor_crop_fraction)
+        trained.append(train_stage(recipe, data_root, args.work, epochs=args.epochs, **common))
         entries.append(export_stage(trained[-1], "demo_liver_segresnet.md",
                                     _phantoms_text(args.phantoms, LIVER_FIRST_SEED, args.size)))
         liver_entry = entries[0]
@@ -312,6 +321,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--patience", type=int, default=20, help="early stopping: epochs without a better Dice")
     parser.add_argument("--plateau-patience", type=int, default=1,
                         help="validations without a better Dice before the learning rate is halved")
+    parser.add_argument("--tumor-crop-fraction", type=float, default=0.0,
+                        help="liver stage: centre this share of the patches on tumor, so that tumors at the liver's "
+                             "surface are learnt as liver (default 0)")
     parser.add_argument("--restart-lr", type=float, default=None, metavar="LR",
                         help="when a stage resumes an earlier run in --work, restart its learning rate at LR (warm "
                              "restart) and its plateau schedule")
