@@ -123,3 +123,17 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     assert again["demo-liver-segresnet"].sha256 == liver_sha  # the liver model is used, not retrained
     assert again["demo-tumor-segresnet"].local_file().is_file()
     assert (tmp_path / "work_tumor" / "tumor" / "best.pt").is_file()
+
+
+def test_demo_models_refuses_options_that_would_do_nothing_or_harm(tmp_path, capsys):
+    from LiverTumorSegLib.cli import main
+
+    work = tmp_path / "work"
+    for bad in (["--tumor-crop-fraction", "1.5"], ["--restart-lr", "-1e-4"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(["demo-models", "--work", str(work), *bad])
+        assert stopped.value.code == 2
+    assert "expected a share in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--tumor-crop-fraction is for the liver stage"):
+        main(["demo-models", "--work", str(work), "--stages", "tumor", "--tumor-crop-fraction", "0.3"])
+    assert not work.exists()  # refused before any phantom was written

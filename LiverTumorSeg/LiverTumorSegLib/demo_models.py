@@ -256,6 +256,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     from .networks import load_model
 
     command = "livertumor demo-models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if args.tumor_crop_fraction and args.stages == "tumor":
+        raise SystemExit("--tumor-crop-fraction is for the liver stage; --stages tumor does not train it")
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -302,6 +304,20 @@ def _phantoms_text(n_phantoms: int, first_seed: int, size_xy: int) -> str:
             f"{size_xy}x{size_xy} in-plane (85 % training, 15 % validation, split with seed 0)")
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a positive learning rate, got {text}")
+    return value
+
+
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser("demo-models", help="train, evaluate and register the phantom demo models",
                                    description=__doc__.split("\n\n")[0])
@@ -321,10 +337,10 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--patience", type=int, default=20, help="early stopping: epochs without a better Dice")
     parser.add_argument("--plateau-patience", type=int, default=1,
                         help="validations without a better Dice before the learning rate is halved")
-    parser.add_argument("--tumor-crop-fraction", type=float, default=0.0,
+    parser.add_argument("--tumor-crop-fraction", type=_fraction, default=0.0,
                         help="liver stage: centre this share of the patches on tumor, so that tumors at the liver's "
                              "surface are learnt as liver (default 0)")
-    parser.add_argument("--restart-lr", type=float, default=None, metavar="LR",
+    parser.add_argument("--restart-lr", type=_positive, default=None, metavar="LR",
                         help="when a stage resumes an earlier run in --work, restart its learning rate at LR (warm "
                              "restart) and its plateau schedule")
     parser.set_defaults(func=_run_cli)

@@ -235,6 +235,8 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     best = {"dice": state["best_dice"], "epoch": state["best_epoch"]} if state else {"dice": -1.0, "epoch": -1}
     history: list[dict] = state["history"] if state else []
     resumed = {"resumed_after_epoch": state["epoch"] if state else None, "learning_rate_restarted": False}
+    if restart_learning_rate is not None and not state:
+        log("no earlier run to resume: the learning rate restart does not apply")
     if state:
         log(f"resuming after epoch {state['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
         if start_epoch >= config.max_epochs or state["epoch"] - best["epoch"] >= config.early_stopping_patience:
