@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from LiverTumorSegLib import demo_models
@@ -116,13 +118,17 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     assert "patches centred on tumor 50% of the time" in liver_card
     liver_sha = liver.sha256
 
-    argv = ["demo-models", "--work", str(tmp_path / "work_tumor"), "--stages", "tumor", *tiny]
+    first_tumor = tmp_path / "work" / "tumor" / "best.pt"
+    argv = ["demo-models", "--work", str(tmp_path / "work_tumor"), "--stages", "tumor", "--init-weights",
+            str(first_tumor), *tiny]
     monkeypatch.setattr(sys, "argv", ["livertumor", *argv])
     assert main(argv) == 0
     again = load_manifest(manifest)
     assert again["demo-liver-segresnet"].sha256 == liver_sha  # the liver model is used, not retrained
     assert again["demo-tumor-segresnet"].local_file().is_file()
     assert (tmp_path / "work_tumor" / "tumor" / "best.pt").is_file()
+    tuned_card = (manifest.parent / "demo" / "demo_tumor_segresnet.md").read_text()
+    assert f"started from the network weights in `best.pt` (SHA-256 `{hashlib.sha256(first_tumor.read_bytes()).hexdigest()}`)" in tuned_card
 
 
 def test_demo_models_refuses_options_that_would_do_nothing_or_harm(tmp_path, capsys):
@@ -136,4 +142,8 @@ def test_demo_models_refuses_options_that_would_do_nothing_or_harm(tmp_path, cap
     assert "expected a share in [0, 1)" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--tumor-crop-fraction is for the liver stage"):
         main(["demo-models", "--work", str(work), "--stages", "tumor", "--tumor-crop-fraction", "0.3"])
+    with pytest.raises(SystemExit, match="--init-weights fine-tunes one stage"):
+        main(["demo-models", "--work", str(work), "--init-weights", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="x.pt: no such file"):
+        main(["demo-models", "--work", str(work), "--stages", "tumor", "--init-weights", str(tmp_path / "x.pt")])
     assert not work.exists()  # refused before any phantom was written

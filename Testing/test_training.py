@@ -103,6 +103,35 @@ def test_a_warm_restart_resets_the_learning_rate_and_the_plateau_count_only_when
     assert after["scheduler"]["num_bad_epochs"] <= 1  # counted afresh: one validation since the restart
     assert any("learning rate restarted at 5e-05" in m for m in messages)
 
+def test_init_weights_fine_tunes_from_another_run_with_a_fresh_schedule(blob_cases, tmp_path):
+    from LiverTumorSegLib.networks import NetworkError
+
+    train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
+    source = training.train(tiny_config("tumor", 2), train_cases, val_cases, tmp_path / "source", log=lambda _: None)
+    exported = tmp_path / "source.pt"
+    training.export_weights(source["checkpoint"], exported)
+    frozen = dataclasses_replace(tiny_config("tumor", 1), learning_rate=0.0, weight_decay=0.0)  # weights stay put
+    messages = []
+    tuned = training.train(frozen, train_cases, val_cases, tmp_path / "tuned", init_weights=exported,
+                           log=messages.append)
+    assert tuned["initialised_from"] == str(exported) and tuned["resumed_after_epoch"] is None
+    start = torch.load(exported, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "tuned" / "last.pt", weights_only=False)
+    assert all(torch.equal(after["state_dict"][k], start[k]) for k in start)
+    assert after["best_epoch"] == 0 and [row["epoch"] for row in after["history"]] == [0]  # a new run's schedule
+    assert any("starting from the weights in" in m for m in messages)
+    # a second call resumes the new run; the initial weights no longer apply
+    again = training.train(dataclasses_replace(frozen, max_epochs=2), train_cases, val_cases, tmp_path / "tuned",
+                           init_weights=exported, log=messages.append)
+    assert again["resumed_after_epoch"] == 0 and again["initialised_from"] is None
+    assert any("do not apply" in m for m in messages)
+    # weights of another network (the liver stage has one input channel) are refused, naming the file
+    liver = training.train(tiny_config("liver", 1), train_cases, val_cases, tmp_path / "liver", log=lambda _: None)
+    with pytest.raises(NetworkError, match="best.pt"):
+        training.train(tiny_config("tumor", 1), train_cases, val_cases, tmp_path / "wrong",
+                       init_weights=liver["checkpoint"], log=lambda _: None)
+
+
 def test_export_writes_weights_with_their_checksum(blob_cases, tmp_path):
     train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
     result = training.train(tiny_config("liver", 1), train_cases, val_cases, tmp_path, log=lambda _: None)

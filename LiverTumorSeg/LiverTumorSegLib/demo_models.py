@@ -11,6 +11,7 @@ described by a model card. They are demo-only: trained on phantoms, never for cl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -40,9 +41,10 @@ TUMOR_RECIPE = {"stage": "tumor", "spacing_mm": (1.5, 1.5, 2.5), "roi_size": (64
 
 def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, iterations: int, val_interval: int,
                 patience: int, seed: int, plateau_patience: int = 1, liver_masks: Path | None = None,
-                restart_learning_rate: float | None = None, log=print) -> dict:
+                restart_learning_rate: float | None = None, init_weights: Path | None = None, log=print) -> dict:
     """Train one stage of ``recipe`` on ``data_root``; ``liver_masks``: predicted liver masks for the tumor stage;
-    ``restart_learning_rate``: a warm restart when an earlier run in ``out_dir`` is resumed."""
+    ``restart_learning_rate``: a warm restart when an earlier run in ``out_dir`` is resumed; ``init_weights``:
+    a new run starts from these weights (fine-tuning)."""
     from .datasets import list_msd_cases, split_cases
     from .training import TrainConfig, train
 
@@ -57,7 +59,7 @@ def train_stage(recipe: dict, data_root: Path, out_dir: Path, *, epochs: int, it
                                        f"{data_root.name}")
     log(f"training {recipe['stage']}: {len(train_cases)} train / {len(val_cases)} validation phantoms")
     result = train(config, train_cases, val_cases, out_dir / recipe["stage"],
-                   restart_learning_rate=restart_learning_rate, log=log)
+                   restart_learning_rate=restart_learning_rate, init_weights=init_weights, log=log)
     return {"result": result, "config": config, "train_cases": len(train_cases), "val_cases": len(val_cases),
             "restart_learning_rate": restart_learning_rate}
 
@@ -201,8 +203,14 @@ def _mask_input_text(config) -> str:
 
 
 def _resume_lines(trained: dict) -> list[str]:
-    """A card line when the run continued an earlier one in the same working folder (``train`` resumes)."""
+    """A card line when the run continued an earlier one in the same working folder (``train`` resumes), or
+    started from another model's weights."""
     after = trained["result"].get("resumed_after_epoch")
+    initialised_from = trained["result"].get("initialised_from")
+    if initialised_from:
+        path = Path(initialised_from)
+        return [f"- Fine-tuned: epoch 0 started from the network weights in `{path.name}` (SHA-256 "
+                f"`{hashlib.sha256(path.read_bytes()).hexdigest()}`), with a fresh learning rate schedule and best Dice."]
     if after is None:
         return []
     restart = trained.get("restart_learning_rate") if trained["result"].get("learning_rate_restarted") else None
@@ -258,13 +266,17 @@ def _run_cli(args: argparse.Namespace) -> int:
     command = "livertumor demo-models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if args.tumor_crop_fraction and args.stages == "tumor":
         raise SystemExit("--tumor-crop-fraction is for the liver stage; --stages tumor does not train it")
+    if args.init_weights is not None and args.stages == "both":
+        raise SystemExit("--init-weights fine-tunes one stage: give --stages liver or --stages tumor")
+    if args.init_weights is not None and not args.init_weights.is_file():
+        raise SystemExit(f"--init-weights {args.init_weights}: no such file")
 
     def log(line: str) -> None:
         print(line, flush=True)
 
     common = {"iterations": args.iterations, "val_interval": args.val_interval, "patience": args.patience,
-              "plateau_patience": args.plateau_patience, "restart_learning_rate": args.restart_lr, "seed": 0,
-              "log": log}
+              "plateau_patience": args.plateau_patience, "restart_learning_rate": args.restart_lr,
+              "init_weights": args.init_weights, "seed": 0, "log": log}
     trained, entries = [], []
     if args.stages in ("both", "liver"):
         data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=LIVER_FIRST_SEED,
@@ -343,4 +355,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--restart-lr", type=_positive, default=None, metavar="LR",
                         help="when a stage resumes an earlier run in --work, restart its learning rate at LR (warm "
                              "restart) and its plateau schedule")
+    parser.add_argument("--init-weights", type=Path, default=None, metavar="CHECKPOINT",
+                        help="with --stages liver or tumor: fine-tune, i.e. a new run in --work starts from the "
+                             "network weights of this checkpoint or model file (the card records its SHA-256)")
     parser.set_defaults(func=_run_cli)

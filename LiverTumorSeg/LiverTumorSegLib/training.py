@@ -202,19 +202,25 @@ class TrainingCancelled(RuntimeError):
 
 def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], out_dir: str | Path, *,
           device: str = "cpu", resume: bool = True, restart_learning_rate: float | None = None,
-          log: Callable[[str], None] = print, cancel: threading.Event | None = None) -> dict:
+          init_weights: str | Path | None = None, log: Callable[[str], None] = print,
+          cancel: threading.Event | None = None) -> dict:
     """Train one stage; returns ``{"best_dice", "best_epoch", "epochs_run", "checkpoint", "resumed_after_epoch",
-    "learning_rate_restarted"}``.
+    "learning_rate_restarted", "initialised_from"}``.
 
     ``train_cases``/``val_cases`` are ``[{"image": path, "label": path}]`` (NIfTI). Metrics go to
     ``metrics.csv`` (and TensorBoard when it is installed) in ``out_dir``. ``restart_learning_rate``: when
     the run resumes, set the learning rate to this value and start the plateau schedule afresh (a warm
-    restart, for a run whose rate the plateau schedule had already cut several times).
+    restart, for a run whose rate the plateau schedule had already cut several times). ``init_weights``: a
+    new run (nothing to resume in ``out_dir``) starts from the network weights of this checkpoint or exported
+    model file, with a fresh optimizer, schedule and best Dice (fine-tuning, e.g. on another liver model's
+    masks); the network must match ``config`` exactly.
     """
     import torch
     from monai.data import CacheDataset, DataLoader
     from monai.losses import DiceFocalLoss
     from monai.utils import set_determinism
+
+    from .networks import load_weights
 
     if config.stage == "tumor" and config.liver_mask_input == "predicted":
         missing = [case.get("case", case["image"]) for case in train_cases + val_cases if "liver_mask" not in case]
@@ -234,9 +240,16 @@ def train(config: TrainConfig, train_cases: list[dict], val_cases: list[dict], o
     start_epoch = state["epoch"] + 1 if state else 0
     best = {"dice": state["best_dice"], "epoch": state["best_epoch"]} if state else {"dice": -1.0, "epoch": -1}
     history: list[dict] = state["history"] if state else []
-    resumed = {"resumed_after_epoch": state["epoch"] if state else None, "learning_rate_restarted": False}
+    resumed = {"resumed_after_epoch": state["epoch"] if state else None, "learning_rate_restarted": False,
+               "initialised_from": None}
     if restart_learning_rate is not None and not state:
         log("no earlier run to resume: the learning rate restart does not apply")
+    if init_weights is not None and state:
+        log(f"resuming the run in {out_dir}: the initial weights {init_weights} do not apply")
+    elif init_weights is not None:
+        load_weights(model, init_weights)  # NetworkError names the file when it does not fit
+        resumed["initialised_from"] = str(init_weights)
+        log(f"new run starting from the weights in {init_weights}")
     if state:
         log(f"resuming after epoch {state['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
         if start_epoch >= config.max_epochs or state["epoch"] - best["epoch"] >= config.early_stopping_patience:
@@ -420,7 +433,7 @@ def _run_cli(args) -> int:
     print(json.dumps({"stage": "setup", "train_cases": len(train_cases), "val_cases": len(val_cases),
                       "device": device}), flush=True)
     result = train(config, train_cases, val_cases, args.out / args.stage, device=device, resume=not args.no_resume,
-                   log=lambda line: print(line, flush=True))
+                   init_weights=args.init_weights, log=lambda line: print(line, flush=True))
     print(json.dumps({"stage": "done", **result}), flush=True)
     return 0
 
@@ -486,6 +499,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
+    parser.add_argument("--init-weights", type=Path, default=None, metavar="CHECKPOINT",
+                        help="fine-tune: a new run starts from the network weights of this checkpoint or model file "
+                             "(same network), with a fresh learning rate schedule and best Dice")
     parser.add_argument("--model-id", default="")
     parser.add_argument("--title", default="")
     parser.add_argument("--demo-only", action="store_true", help="mark the model demo-only (implied by --phantoms)")
