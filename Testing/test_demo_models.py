@@ -120,7 +120,7 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
 
     first_tumor = tmp_path / "work" / "tumor" / "best.pt"
     argv = ["demo-models", "--work", str(tmp_path / "work_tumor"), "--stages", "tumor", "--init-weights",
-            str(first_tumor), *tiny]
+            str(first_tumor), "--learning-rate", "5e-4", *tiny]
     monkeypatch.setattr(sys, "argv", ["livertumor", *argv])
     assert main(argv) == 0
     again = load_manifest(manifest)
@@ -128,6 +128,7 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     assert again["demo-tumor-segresnet"].local_file().is_file()
     assert (tmp_path / "work_tumor" / "tumor" / "best.pt").is_file()
     tuned_card = (manifest.parent / "demo" / "demo_tumor_segresnet.md").read_text()
+    assert "Adam lr 0.0005" in tuned_card
     assert f"started from the network weights in `best.pt` (SHA-256 `{hashlib.sha256(first_tumor.read_bytes()).hexdigest()}`)" in tuned_card
 
 
@@ -135,7 +136,7 @@ def test_demo_models_refuses_options_that_would_do_nothing_or_harm(tmp_path, cap
     from LiverTumorSegLib.cli import main
 
     work = tmp_path / "work"
-    for bad in (["--tumor-crop-fraction", "1.5"], ["--restart-lr", "-1e-4"]):
+    for bad in (["--tumor-crop-fraction", "1.5"], ["--restart-lr", "-1e-4"], ["--learning-rate", "0"]):
         with pytest.raises(SystemExit) as stopped:
             main(["demo-models", "--work", str(work), *bad])
         assert stopped.value.code == 2

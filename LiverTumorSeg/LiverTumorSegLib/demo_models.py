@@ -281,7 +281,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.stages in ("both", "liver"):
         data_root = make_phantom_dataset(args.work / "phantoms", args.phantoms, first_seed=LIVER_FIRST_SEED,
                                          size_xy=args.size)
-        recipe = dict(LIVER_RECIPE, tumor_crop_fraction=args.tumor_crop_fraction)
+        recipe = dict(LIVER_RECIPE, tumor_crop_fraction=args.tumor_crop_fraction, **_rate(args))
         trained.append(train_stage(recipe, data_root, args.work, epochs=args.epochs, **common))
         entries.append(export_stage(trained[-1], "demo_liver_segresnet.md",
                                     _phantoms_text(args.phantoms, LIVER_FIRST_SEED, args.size)))
@@ -294,7 +294,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         tumor_root = make_phantom_dataset(args.work / "tumor_phantoms", args.tumor_phantoms,
                                           first_seed=TUMOR_FIRST_SEED, size_xy=args.size)
         masks = write_predicted_liver_masks(tumor_root, load_model(liver_entry, liver_entry.local_file()), log=log)
-        trained.append(train_stage(TUMOR_RECIPE, tumor_root, args.work, epochs=args.tumor_epochs or args.epochs,
+        trained.append(train_stage(dict(TUMOR_RECIPE, **_rate(args)), tumor_root, args.work, epochs=args.tumor_epochs or args.epochs,
                                    liver_masks=masks, **common))
         entries.append(export_stage(trained[-1], "demo_tumor_segresnet.md",
                                     _phantoms_text(args.tumor_phantoms, TUMOR_FIRST_SEED, args.size)
@@ -309,6 +309,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     structures = ("liver",) if tumor_entry is None else ("liver", "tumor")
     print(json.dumps({s: evaluated["summary"][s] for s in structures}, default=float))
     return 0
+
+
+def _rate(args: argparse.Namespace) -> dict:
+    return {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
 
 
 def _phantoms_text(n_phantoms: int, first_seed: int, size_xy: int) -> str:
@@ -352,6 +356,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--tumor-crop-fraction", type=_fraction, default=0.0,
                         help="liver stage: centre this share of the patches on tumor, so that tumors at the liver's "
                              "surface are learnt as liver (default 0)")
+    parser.add_argument("--learning-rate", type=_positive, default=None, metavar="LR",
+                        help="initial learning rate of a new run (default: the recipe's 1e-3); e.g. lower for "
+                             "fine-tuning with --init-weights")
     parser.add_argument("--restart-lr", type=_positive, default=None, metavar="LR",
                         help="when a stage resumes an earlier run in --work, restart its learning rate at LR (warm "
                              "restart) and its plateau schedule")
