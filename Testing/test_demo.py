@@ -19,7 +19,7 @@ def test_demo_writes_the_series_truth_and_previews(tmp_path, capsys):
     assert len(list(Path(summary["dicom_dir"]).glob("*.dcm"))) == summary["ct_size"][2]
     assert Path(summary["truth_labels"]).is_file()
     assert 1000 < summary["truth_liver_ml"] < 2000
-    for window in ("abdomen", "liver", "model_input_thesis"):
+    for window in ("abdomen", "liver_portal_venous", "model_input_thesis"):
         for plane in ("axial", "coronal", "sagittal"):
             image = Image.open(summary["previews"][f"{window}_{plane}"])
             assert image.size[0] > 64 and image.mode == "RGB"

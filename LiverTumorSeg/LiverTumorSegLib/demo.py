@@ -24,7 +24,7 @@ from .model_manifest import load_manifest
 from .phantom import make_phantom, write_phantom
 from .preview import label_masks, write_previews
 
-DEMO_WINDOWS = ("abdomen", "liver", "model_input_thesis")
+DEMO_WINDOWS = ("abdomen", "liver_portal_venous", "model_input_thesis")  # the phantom is portal-venous
 DEMO_LIVER_MODEL, DEMO_TUMOR_MODEL = "demo-liver-segresnet", "demo-tumor-segresnet"
 
 
@@ -113,7 +113,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 42, size_xy: int = 512, device:
 
 
 def _previews(ct: sitk.Image, labels: sitk.Image, out_dir: Path, log) -> dict[str, str]:
-    log("[5/5] previews with the contours at the abdomen, liver and model-input windows")
+    log("[5/5] previews with the contours at the abdomen, portal-venous liver and model-input windows")
     presets = load_presets()
     previews = {}
     for window_id in DEMO_WINDOWS:
