@@ -132,6 +132,40 @@ def test_init_weights_fine_tunes_from_another_run_with_a_fresh_schedule(blob_cas
                        init_weights=liver["checkpoint"], log=lambda _: None)
 
 
+class _BrightIsTumor(torch.nn.Module):
+    """A stand-in network: tumor wherever the CT channel is above 0.9."""
+
+    def forward(self, x):
+        tumor = (x[:, :1] > 0.9).float() * 2 - 1
+        return torch.cat([-tumor, tumor], dim=1)
+
+
+def test_tumor_validation_scores_what_the_cascade_keeps():
+    config = dataclasses_replace(tiny_config("tumor", 1), spacing_mm=(2.0, 2.0, 2.5), val_min_tumor_ml=0.1)
+    image = torch.zeros(2, 16, 16, 8)
+    image[1, 2:14, 2:14, 1:7] = 1.0  # liver-mask channel
+    image[0, 4:6, 4:6, 2:4] = 1.0  # 8 voxels = 0.08 mL: below the cascade's 0.1 mL, dropped
+    image[0, 0, 0:2, 0:2] = 1.0  # outside the liver mask: dropped
+    tumor_free = {"image": image, "label": torch.zeros(1, 16, 16, 8)}
+    assert training.validate(_BrightIsTumor(), [tumor_free], config, "cpu") == 1.0
+    assert training.validate(_BrightIsTumor(), [tumor_free], dataclasses_replace(config, val_min_tumor_ml=0.0),
+                             "cpu") == 0.0  # without the volume rule the 8 stray voxels decide
+    image = image.clone()
+    image[0, 8:12, 8:12, 2:5] = 1.0  # 48 voxels = 0.48 mL inside the liver: kept
+    label = torch.zeros(1, 16, 16, 8)
+    label[0, 8:12, 8:12, 2:5] = 1.0
+    assert training.validate(_BrightIsTumor(), [{"image": image, "label": label}], config, "cpu") == 1.0
+
+
+def test_validation_uses_the_cascades_minimum_lesion_volume():
+    import inspect
+
+    from LiverTumorSegLib.cascade import run_cascade
+
+    default = inspect.signature(run_cascade).parameters["min_tumor_ml"].default
+    assert training.TrainConfig(stage="tumor").val_min_tumor_ml == default
+
+
 def test_export_writes_weights_with_their_checksum(blob_cases, tmp_path):
     train_cases, val_cases = split_cases(blob_cases, 0.34, seed=0)
     result = training.train(tiny_config("liver", 1), train_cases, val_cases, tmp_path, log=lambda _: None)

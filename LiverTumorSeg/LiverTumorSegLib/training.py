@@ -56,6 +56,7 @@ class TrainConfig:
     liver_mask_jitter_voxels: int = 0  # tumor stage: random dilation/erosion of the liver-mask channel
     liver_mask_input: str = "truth"  # tumor stage: "truth" (labels > 0) or "predicted" (each case's "liver_mask")
     tumor_crop_fraction: float = 0.0  # liver stage: share of patches centred on tumor (0: thesis pos/neg 1:1)
+    val_min_tumor_ml: float = 0.1  # tumor validation applies the cascade's rules (cascade.run_cascade's default)
     seed: int = 0
     num_workers: int = 0
     model_id: str = ""
@@ -319,7 +320,12 @@ def _train_one_epoch(model, loader, optimizer, loss_function, device, config, ca
 
 
 def validate(model, val_data, config: TrainConfig, device: str) -> float:
-    """Mean foreground Dice over the validation cases (sliding window, Gaussian blending)."""
+    """Mean foreground Dice over the validation cases (sliding window, Gaussian blending).
+
+    The tumor stage is scored as the cascade delivers it (``cascade_tumor_rules``). A tumor-free case scores 1
+    without a false positive and 0 with one, so without the cascade's minimum lesion volume a few stray voxels
+    that the cascade would drop decide which checkpoint is kept.
+    """
     import torch
     from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
@@ -332,10 +338,28 @@ def validate(model, val_data, config: TrainConfig, device: str) -> float:
             image, label = item["image"][None].to(device), item["label"][None].to(device)
             logits = sliding_window_inference(image, config.roi_size, 1, model, overlap=config.sw_overlap,
                                               mode="gaussian")
-            prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes=2)
+            predicted = logits.argmax(dim=1, keepdim=True)
+            if config.stage == "tumor":
+                predicted = cascade_tumor_rules(predicted, image[:, 1:2] > 0.5, config)
+            prediction = one_hot(predicted, num_classes=2)
             metric(prediction, one_hot(label.long(), num_classes=2))
     value = float(metric.aggregate().item())
     return 0.0 if math.isnan(value) else value
+
+
+def cascade_tumor_rules(predicted, liver_mask, config: TrainConfig):
+    """The cascade's tumor rules on a model-space prediction ((1, 1, x, y, z) 0/1 tensors): tumor only inside the
+    liver-mask input, 26-connected components below ``config.val_min_tumor_ml`` at ``config.spacing_mm`` removed."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from .measurements import connected_components
+
+    inside = ((predicted > 0) & liver_mask)[0, 0].cpu().numpy().astype(np.uint8)
+    min_voxels = math.ceil(config.val_min_tumor_ml * 1000.0 / math.prod(config.spacing_mm) - 1e-9)
+    kept = sitk.GetArrayFromImage(connected_components(sitk.GetImageFromArray(inside), max(min_voxels, 0))) > 0
+    return torch.from_numpy(kept).to(device=predicted.device, dtype=predicted.dtype)[None, None]
 
 
 def _save(path: Path, model, optimizer, scheduler, epoch, best, history, entry) -> None:
