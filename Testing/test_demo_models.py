@@ -129,7 +129,8 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     assert (tmp_path / "work_tumor" / "tumor" / "best.pt").is_file()
     tuned_card = (manifest.parent / "demo" / "demo_tumor_segresnet.md").read_text()
     assert "Adam lr 0.0005" in tuned_card
-    assert f"started from the network weights in `best.pt` (SHA-256 `{hashlib.sha256(first_tumor.read_bytes()).hexdigest()}`)" in tuned_card
+    first_sha = hashlib.sha256(first_tumor.read_bytes()).hexdigest()
+    assert f"started from the network weights in `best.pt` (SHA-256 `{first_sha}`)" in tuned_card
 
 
 def test_demo_models_refuses_options_that_would_do_nothing_or_harm(tmp_path, capsys):

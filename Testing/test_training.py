@@ -103,6 +103,7 @@ def test_a_warm_restart_resets_the_learning_rate_and_the_plateau_count_only_when
     assert after["scheduler"]["num_bad_epochs"] <= 1  # counted afresh: one validation since the restart
     assert any("learning rate restarted at 5e-05" in m for m in messages)
 
+
 def test_init_weights_fine_tunes_from_another_run_with_a_fresh_schedule(blob_cases, tmp_path):
     from LiverTumorSegLib.networks import NetworkError
 
@@ -163,7 +164,7 @@ def test_validation_uses_the_cascades_minimum_lesion_volume():
     from LiverTumorSegLib.cascade import run_cascade
 
     default = inspect.signature(run_cascade).parameters["min_tumor_ml"].default
-    assert training.TrainConfig(stage="tumor").val_min_tumor_ml == default
+    assert training.TrainConfig(stage="tumor").val_min_tumor_ml == default == 0.1
 
 
 def test_export_writes_weights_with_their_checksum(blob_cases, tmp_path):

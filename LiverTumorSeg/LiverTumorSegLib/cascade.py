@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     import torch
 
 ProgressCallback = Callable[[str, float, str], None]
+MIN_TUMOR_ML = 0.1  # default smallest lesion kept, mL
+
+
+def keep_tumors_in_liver(tumor: sitk.Image, liver: sitk.Image, min_tumor_ml: float) -> sitk.Image:
+    """The cascade's tumor rules: tumor voxels inside the liver, 26-connected components of at least
+    ``min_tumor_ml`` (at the images' spacing). Both inputs 0/1 uint8 on one grid; returns 0/1 uint8 on it."""
+    min_voxels = math.ceil(min_tumor_ml / voxel_volume_ml(tumor) - 1e-9) if min_tumor_ml > 0 else 0
+    return sitk.Cast(connected_components(sitk.And(tumor, liver), min_voxels) > 0, sitk.sitkUInt8)
 
 
 class NoLiverFoundWarning(UserWarning):
@@ -308,8 +316,7 @@ def _crop_labels(
         return crop_labels
     tumor_crop = tumor_stage(ct_crop, liver_crop, tumor, device, sw_batch_size, report, span, timings)
     tick = time.perf_counter()
-    min_voxels = math.ceil(min_tumor_ml / voxel_volume_ml(ct) - 1e-9) if min_tumor_ml > 0 else 0
-    kept = connected_components(sitk.And(tumor_crop, liver_crop), min_voxels) > 0
+    kept = keep_tumors_in_liver(tumor_crop, liver_crop, min_tumor_ml)
     crop_labels[sitk.GetArrayViewFromImage(kept) > 0] = 2
     timings["tumor_postprocess"] = time.perf_counter() - tick
     return crop_labels
@@ -322,7 +329,7 @@ def run_cascade(
     *,
     device: str = "auto",
     sw_batch_size: int = 1,
-    min_tumor_ml: float = 0.1,
+    min_tumor_ml: float = MIN_TUMOR_ML,
     crop_margin_mm: float = 10.0,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,

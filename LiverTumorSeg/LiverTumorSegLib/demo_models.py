@@ -294,7 +294,8 @@ def _run_cli(args: argparse.Namespace) -> int:
         tumor_root = make_phantom_dataset(args.work / "tumor_phantoms", args.tumor_phantoms,
                                           first_seed=TUMOR_FIRST_SEED, size_xy=args.size)
         masks = write_predicted_liver_masks(tumor_root, load_model(liver_entry, liver_entry.local_file()), log=log)
-        trained.append(train_stage(dict(TUMOR_RECIPE, **_rate(args)), tumor_root, args.work, epochs=args.tumor_epochs or args.epochs,
+        recipe = dict(TUMOR_RECIPE, **_rate(args))
+        trained.append(train_stage(recipe, tumor_root, args.work, epochs=args.tumor_epochs or args.epochs,
                                    liver_masks=masks, **common))
         entries.append(export_stage(trained[-1], "demo_tumor_segresnet.md",
                                     _phantoms_text(args.tumor_phantoms, TUMOR_FIRST_SEED, args.size)

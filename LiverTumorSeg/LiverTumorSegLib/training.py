@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cascade import MIN_TUMOR_ML, keep_tumors_in_liver
 from .model_manifest import ModelEntry
 
 THESIS_NETWORK_ARGS = {"spatial_dims": 3, "init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1],
@@ -56,7 +57,7 @@ class TrainConfig:
     liver_mask_jitter_voxels: int = 0  # tumor stage: random dilation/erosion of the liver-mask channel
     liver_mask_input: str = "truth"  # tumor stage: "truth" (labels > 0) or "predicted" (each case's "liver_mask")
     tumor_crop_fraction: float = 0.0  # liver stage: share of patches centred on tumor (0: thesis pos/neg 1:1)
-    val_min_tumor_ml: float = 0.1  # tumor validation applies the cascade's rules (cascade.run_cascade's default)
+    val_min_tumor_ml: float = MIN_TUMOR_ML  # tumor validation applies the cascade's rules, as run_cascade
     seed: int = 0
     num_workers: int = 0
     model_id: str = ""
@@ -348,18 +349,20 @@ def validate(model, val_data, config: TrainConfig, device: str) -> float:
 
 
 def cascade_tumor_rules(predicted, liver_mask, config: TrainConfig):
-    """The cascade's tumor rules on a model-space prediction ((1, 1, x, y, z) 0/1 tensors): tumor only inside the
-    liver-mask input, 26-connected components below ``config.val_min_tumor_ml`` at ``config.spacing_mm`` removed."""
+    """``cascade.keep_tumors_in_liver`` on a model-space prediction: (1, 1, x, y, z) 0/1 tensors at
+    ``config.spacing_mm``, minimum lesion ``config.val_min_tumor_ml``; returns a tensor like ``predicted``."""
     import numpy as np
     import SimpleITK as sitk
     import torch
 
-    from .measurements import connected_components
+    def image(tensor) -> sitk.Image:  # (x, y, z) tensor -> (z, y, x) array of an image with x, y, z spacing
+        result = sitk.GetImageFromArray(tensor[0, 0].cpu().numpy().astype(np.uint8))
+        result.SetSpacing([float(s) for s in config.spacing_mm[::-1]])
+        return result
 
-    inside = ((predicted > 0) & liver_mask)[0, 0].cpu().numpy().astype(np.uint8)
-    min_voxels = math.ceil(config.val_min_tumor_ml * 1000.0 / math.prod(config.spacing_mm) - 1e-9)
-    kept = sitk.GetArrayFromImage(connected_components(sitk.GetImageFromArray(inside), max(min_voxels, 0))) > 0
-    return torch.from_numpy(kept).to(device=predicted.device, dtype=predicted.dtype)[None, None]
+    kept = keep_tumors_in_liver(image(predicted > 0), image(liver_mask), config.val_min_tumor_ml)
+    kept_array = torch.from_numpy(sitk.GetArrayFromImage(kept))
+    return kept_array.to(device=predicted.device, dtype=predicted.dtype)[None, None]
 
 
 def _save(path: Path, model, optimizer, scheduler, epoch, best, history, entry) -> None:
