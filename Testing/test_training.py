@@ -133,8 +133,8 @@ def test_init_weights_fine_tunes_from_another_run_with_a_fresh_schedule(blob_cas
                        init_weights=liver["checkpoint"], log=lambda _: None)
 
 
-class _BrightIsTumor(torch.nn.Module):
-    """A stand-in network: tumor wherever the CT channel is above 0.9."""
+class _BrightIsForeground(torch.nn.Module):
+    """A stand-in network: foreground (liver or tumor) wherever the CT channel is above 0.9."""
 
     def forward(self, x):
         tumor = (x[:, :1] > 0.9).float() * 2 - 1
@@ -148,14 +148,29 @@ def test_tumor_validation_scores_what_the_cascade_keeps():
     image[0, 4:6, 4:6, 2:4] = 1.0  # 8 voxels = 0.08 mL: below the cascade's 0.1 mL, dropped
     image[0, 0, 0:2, 0:2] = 1.0  # outside the liver mask: dropped
     tumor_free = {"image": image, "label": torch.zeros(1, 16, 16, 8)}
-    assert training.validate(_BrightIsTumor(), [tumor_free], config, "cpu") == 1.0
-    assert training.validate(_BrightIsTumor(), [tumor_free], dataclasses_replace(config, val_min_tumor_ml=0.0),
+    assert training.validate(_BrightIsForeground(), [tumor_free], config, "cpu") == 1.0
+    assert training.validate(_BrightIsForeground(), [tumor_free], dataclasses_replace(config, val_min_tumor_ml=0.0),
                              "cpu") == 0.0  # without the volume rule the 8 stray voxels decide
     image = image.clone()
     image[0, 8:12, 8:12, 2:5] = 1.0  # 48 voxels = 0.48 mL inside the liver: kept
     label = torch.zeros(1, 16, 16, 8)
     label[0, 8:12, 8:12, 2:5] = 1.0
-    assert training.validate(_BrightIsTumor(), [{"image": image, "label": label}], config, "cpu") == 1.0
+    assert training.validate(_BrightIsForeground(), [{"image": image, "label": label}], config, "cpu") == 1.0
+
+
+def test_liver_validation_scores_what_the_cascade_keeps():
+    """Largest component, holes filled per axial slice: an axial tube through the liver (open at both ends, so
+    no 3D hole) is filled only if the slices are cut across model-space z, the axis the cascade treats as axial."""
+    config = dataclasses_replace(tiny_config("liver", 1), spacing_mm=(2.0, 2.0, 2.5))
+    liver = torch.zeros(1, 16, 16, 8)
+    liver[0, 2:14, 2:14, 1:7] = 1.0
+    image = liver.clone()
+    image[0, 7:9, 7:9, :] = 0.0  # an axial tube: a hole in every axial slice
+    image[0, 0, 0, 0] = 1.0  # a stray voxel apart from the liver: not the largest component
+    case = {"image": image, "label": liver}
+    assert training.validate(_BrightIsForeground(), [case], config, "cpu") == 1.0
+    cleaned = training.cascade_liver_rules((image > 0.9).long()[None], config)
+    assert torch.equal(cleaned[0], liver.long())
 
 
 def test_validation_uses_the_cascades_minimum_lesion_volume():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cascade import MIN_TUMOR_ML, keep_tumors_in_liver
+from .cascade import MIN_TUMOR_ML, clean_liver_mask, keep_tumors_in_liver
 from .model_manifest import ModelEntry
 
 THESIS_NETWORK_ARGS = {"spatial_dims": 3, "init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1],
@@ -323,9 +323,9 @@ def _train_one_epoch(model, loader, optimizer, loss_function, device, config, ca
 def validate(model, val_data, config: TrainConfig, device: str) -> float:
     """Mean foreground Dice over the validation cases (sliding window, Gaussian blending).
 
-    The tumor stage is scored as the cascade delivers it (``cascade_tumor_rules``). A tumor-free case scores 1
-    without a false positive and 0 with one, so without the cascade's minimum lesion volume a few stray voxels
-    that the cascade would drop decide which checkpoint is kept.
+    Each stage is scored as the cascade delivers it: the liver after ``cascade_liver_rules``, the tumor after
+    ``cascade_tumor_rules``. A tumor-free case scores 1 without a false positive and 0 with one, so without the
+    cascade's minimum lesion volume a few stray voxels that the cascade would drop decide which checkpoint is kept.
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -342,27 +342,48 @@ def validate(model, val_data, config: TrainConfig, device: str) -> float:
             predicted = logits.argmax(dim=1, keepdim=True)
             if config.stage == "tumor":
                 predicted = cascade_tumor_rules(predicted, image[:, 1:2] > 0.5, config)
+            else:
+                predicted = cascade_liver_rules(predicted, config)
             prediction = one_hot(predicted, num_classes=2)
             metric(prediction, one_hot(label.long(), num_classes=2))
     value = float(metric.aggregate().item())
     return 0.0 if math.isnan(value) else value
 
 
+def cascade_liver_rules(predicted, config: TrainConfig):
+    """``cascade.clean_liver_mask`` (largest component, holes filled in 3D and per axial slice) on a model-space
+    prediction: a (1, 1, x, y, z) 0/1 tensor at ``config.spacing_mm``; returns a tensor like ``predicted``."""
+    cleaned = clean_liver_mask(_model_space_image(predicted > 0, config.spacing_mm))
+    return _model_space_tensor(cleaned, like=predicted)
+
+
 def cascade_tumor_rules(predicted, liver_mask, config: TrainConfig):
     """``cascade.keep_tumors_in_liver`` on a model-space prediction: (1, 1, x, y, z) 0/1 tensors at
     ``config.spacing_mm``, minimum lesion ``config.val_min_tumor_ml``; returns a tensor like ``predicted``."""
+    kept = keep_tumors_in_liver(_model_space_image(predicted > 0, config.spacing_mm),
+                                _model_space_image(liver_mask, config.spacing_mm), config.val_min_tumor_ml)
+    return _model_space_tensor(kept, like=predicted)
+
+
+def _model_space_image(tensor, spacing_mm):
+    """(1, 1, x, y, z) tensor -> uint8 image with the same x, y, z axes and spacing. The direction stays the
+    identity: the rules need only the axes (z is axial) and the voxel size, not the position in the patient."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    result = sitk.GetImageFromArray(tensor[0, 0].cpu().numpy().astype(np.uint8).transpose(2, 1, 0))
+    result.SetSpacing([float(s) for s in spacing_mm])
+    return result
+
+
+def _model_space_tensor(image, like):
+    """The inverse of ``_model_space_image``: a (1, 1, x, y, z) tensor with ``like``'s dtype and device."""
     import numpy as np
     import SimpleITK as sitk
     import torch
 
-    def image(tensor) -> sitk.Image:  # (x, y, z) tensor -> (z, y, x) array of an image with x, y, z spacing
-        result = sitk.GetImageFromArray(tensor[0, 0].cpu().numpy().astype(np.uint8))
-        result.SetSpacing([float(s) for s in config.spacing_mm[::-1]])
-        return result
-
-    kept = keep_tumors_in_liver(image(predicted > 0), image(liver_mask), config.val_min_tumor_ml)
-    kept_array = torch.from_numpy(sitk.GetArrayFromImage(kept))
-    return kept_array.to(device=predicted.device, dtype=predicted.dtype)[None, None]
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+    return torch.from_numpy(array).to(device=like.device, dtype=like.dtype)[None, None]
 
 
 def _save(path: Path, model, optimizer, scheduler, epoch, best, history, entry) -> None:
