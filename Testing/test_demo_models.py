@@ -120,7 +120,7 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
 
     first_tumor = tmp_path / "work" / "tumor" / "best.pt"
     argv = ["demo-models", "--work", str(tmp_path / "work_tumor"), "--stages", "tumor", "--init-weights",
-            str(first_tumor), "--learning-rate", "5e-4", *tiny]
+            str(first_tumor), "--learning-rate", "5e-4", "--lesion-balanced-crops", *tiny]
     monkeypatch.setattr(sys, "argv", ["livertumor", *argv])
     assert main(argv) == 0
     again = load_manifest(manifest)
@@ -128,7 +128,7 @@ def test_demo_models_trains_exports_evaluates_and_registers_both_stages(tmp_path
     assert again["demo-tumor-segresnet"].local_file().is_file()
     assert (tmp_path / "work_tumor" / "tumor" / "best.pt").is_file()
     tuned_card = (manifest.parent / "demo" / "demo_tumor_segresnet.md").read_text()
-    assert "Adam lr 0.0005" in tuned_card
+    assert "Adam lr 0.0005" in tuned_card and "the tumor centres split evenly between lesions" in tuned_card
     first_sha = hashlib.sha256(first_tumor.read_bytes()).hexdigest()
     assert f"started from the network weights in `best.pt` (SHA-256 `{first_sha}`)" in tuned_card
 
@@ -144,6 +144,8 @@ def test_demo_models_refuses_options_that_would_do_nothing_or_harm(tmp_path, cap
     assert "expected a share in [0, 1)" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--tumor-crop-fraction is for the liver stage"):
         main(["demo-models", "--work", str(work), "--stages", "tumor", "--tumor-crop-fraction", "0.3"])
+    with pytest.raises(SystemExit, match="--lesion-balanced-crops is for the tumor stage"):
+        main(["demo-models", "--work", str(work), "--stages", "liver", "--lesion-balanced-crops"])
     with pytest.raises(SystemExit, match="--init-weights fine-tunes one stage"):
         main(["demo-models", "--work", str(work), "--init-weights", str(tmp_path / "x.pt")])
     with pytest.raises(SystemExit, match="x.pt: no such file"):

@@ -374,3 +374,41 @@ def test_the_liver_stage_can_centre_a_share_of_its_patches_on_tumor(blob_cases):
         dataclasses_replace(tiny_config("liver", 1), tumor_crop_fraction=0.5), training=False)(blob_cases[0])
     with pytest.raises(ValueError, match="tumor_crop_fraction"):
         training.build_transforms(dataclasses_replace(tiny_config("liver", 1), tumor_crop_fraction=1.0), True)
+
+
+def test_lesion_balanced_centres_give_every_lesion_the_same_share():
+    from LiverTumorSegLib.train_transforms import LesionBalancedCentresd
+
+    label = torch.zeros(1, 24, 24, 12)
+    label[0, 2:12, 2:12, 2:10] = 1  # 800 voxels
+    label[0, 18:20, 18:20, 5:7] = 1  # 8 voxels, apart from the first
+    image = torch.full((2, 24, 24, 12), 0.5)
+    image[0, :, :, 11] = 0.0  # air: not a background centre (as RandCropByPosNegLabeld's image_threshold)
+    background, lesions = LesionBalancedCentresd()({"image": image, "label": label})["centre_indices"]
+    shape = label.shape[1:]
+    assert len(lesions) == 1600 and np.all(label[0].numpy().ravel()[lesions] == 1)
+    in_small = np.array([np.unravel_index(i, shape)[0] >= 16 for i in lesions])
+    assert in_small.sum() == 800  # 8 voxels, each 100 times: the same share as the 800-voxel lesion
+    assert len(np.unique(lesions[in_small])) == 8 and len(np.unique(lesions[~in_small])) == 800
+    expected_background = (label[0] == 0) & (image[0] > 0)
+    assert np.array_equal(np.sort(background), np.flatnonzero(expected_background.numpy().ravel()))
+    _, none = LesionBalancedCentresd()({"image": image, "label": torch.zeros_like(label)})["centre_indices"]
+    assert len(none) == 0  # a tumor-free case: background patches only
+
+
+def test_the_tumor_stage_can_balance_its_patches_over_lesions(blob_cases):
+    from monai.transforms import Compose
+
+    from LiverTumorSegLib.train_transforms import LesionBalancedCentresd
+
+    config = dataclasses_replace(tiny_config("tumor", 1), lesion_balanced_crops=True)
+    item = training.build_transforms(config, training=True)(blob_cases[0])[0]
+    assert "centre_indices" not in item and item["image"].shape == (2, 16, 16, 8)
+    assert "centre_indices" not in training.build_transforms(config, training=False)(blob_cases[0])
+    # half the patches are centred on a lesion, as with the thesis sampler
+    prepared = Compose([*training._deterministic_transforms(config), LesionBalancedCentresd()])(blob_cases[0])
+    sampler = training._patch_sampler(config, ["image", "label"]).set_random_state(0)
+    centred = [float(patch["label"][0, 8, 8, 4]) for _ in range(30) for patch in sampler(prepared)]
+    assert 0.3 < np.mean(centred) < 0.7
+    with pytest.raises(ValueError, match="lesion_balanced_crops is for the tumor stage"):
+        training.build_transforms(dataclasses_replace(tiny_config("liver", 1), lesion_balanced_crops=True), True)

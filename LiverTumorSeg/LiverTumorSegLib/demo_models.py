@@ -185,11 +185,13 @@ def per_case_table(per_case: list[dict], structures: tuple[str, ...] = ("liver",
 
 
 def _sampling_text(config) -> str:
-    """How the liver stage's patches were centred (for the model card)."""
+    """How the stage's patches were centred (for the model card)."""
+    if config.lesion_balanced_crops:
+        return "patches centred on tumor or background, 1:1, the tumor centres split evenly between lesions"
     if config.tumor_crop_fraction:
         return (f"patches centred on tumor {config.tumor_crop_fraction:.0%} of the time, the rest split between "
-                f"liver and background.")
-    return "patches centred on liver or background, 1:1."
+                f"liver and background")
+    return f"patches centred on {config.stage} or background, 1:1"
 
 
 def _mask_input_text(config) -> str:
@@ -199,7 +201,7 @@ def _mask_input_text(config) -> str:
             else "liver-mask input: the truth liver")
     if config.liver_mask_jitter_voxels:
         text += f", randomly dilated or eroded by up to {config.liver_mask_jitter_voxels} voxels"
-    return text + "."
+    return text
 
 
 def _resume_lines(trained: dict) -> list[str]:
@@ -240,7 +242,7 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
         f"thesis uses 1e-4; the phantoms allow a faster schedule) halved after {config.plateau_patience} "
         f"validation(s) without a better Dice, seed {config.seed}; "
         f"best validation Dice {result['best_dice']:.3f} at epoch {result['best_epoch']}"
-        + ("; " + _sampling_text(config) if config.stage == "liver" else "; " + _mask_input_text(config)),
+        + "; " + _sampling_text(config) + ("." if config.stage == "liver" else "; " + _mask_input_text(config) + "."),
         *_resume_lines(trained),
         f"- File: `{entry.local_path}`, {entry.size_bytes} bytes, SHA-256 `{entry.sha256}`.", "",
         "## Held-out phantoms ("
@@ -266,6 +268,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     command = "livertumor demo-models " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if args.tumor_crop_fraction and args.stages == "tumor":
         raise SystemExit("--tumor-crop-fraction is for the liver stage; --stages tumor does not train it")
+    if args.lesion_balanced_crops and args.stages == "liver":
+        raise SystemExit("--lesion-balanced-crops is for the tumor stage; --stages liver does not train it")
     if args.init_weights is not None and args.stages == "both":
         raise SystemExit("--init-weights fine-tunes one stage: give --stages liver or --stages tumor")
     if args.init_weights is not None and not args.init_weights.is_file():
@@ -294,7 +298,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         tumor_root = make_phantom_dataset(args.work / "tumor_phantoms", args.tumor_phantoms,
                                           first_seed=TUMOR_FIRST_SEED, size_xy=args.size)
         masks = write_predicted_liver_masks(tumor_root, load_model(liver_entry, liver_entry.local_file()), log=log)
-        recipe = dict(TUMOR_RECIPE, **_rate(args))
+        recipe = dict(TUMOR_RECIPE, lesion_balanced_crops=args.lesion_balanced_crops, **_rate(args))
         trained.append(train_stage(recipe, tumor_root, args.work, epochs=args.tumor_epochs or args.epochs,
                                    liver_masks=masks, **common))
         entries.append(export_stage(trained[-1], "demo_tumor_segresnet.md",
@@ -357,6 +361,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--tumor-crop-fraction", type=_fraction, default=0.0,
                         help="liver stage: centre this share of the patches on tumor, so that tumors at the liver's "
                              "surface are learnt as liver (default 0)")
+    parser.add_argument("--lesion-balanced-crops", action="store_true",
+                        help="tumor stage: give every lesion the same share of the tumor-centred patches, so that "
+                             "small lesions are learnt as often as large tumors")
     parser.add_argument("--learning-rate", type=_positive, default=None, metavar="LR",
                         help="initial learning rate of a new run (default: the recipe's 1e-3); e.g. lower for "
                              "fine-tuning with --init-weights")

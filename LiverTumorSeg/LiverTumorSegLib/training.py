@@ -57,6 +57,7 @@ class TrainConfig:
     liver_mask_jitter_voxels: int = 0  # tumor stage: random dilation/erosion of the liver-mask channel
     liver_mask_input: str = "truth"  # tumor stage: "truth" (labels > 0) or "predicted" (each case's "liver_mask")
     tumor_crop_fraction: float = 0.0  # liver stage: share of patches centred on tumor (0: thesis pos/neg 1:1)
+    lesion_balanced_crops: bool = False  # tumor stage: every lesion gets the same share of the tumor patches
     val_min_tumor_ml: float = MIN_TUMOR_ML  # tumor validation applies the cascade's rules, as run_cascade
     seed: int = 0
     num_workers: int = 0
@@ -143,6 +144,10 @@ def build_transforms(config: TrainConfig, training: bool):
     keys = ["image", "label"]
     steps = _deterministic_transforms(config)
     if training:
+        if _balances_lesions(config):  # deterministic, so CacheDataset keeps it with the loaded case
+            from .train_transforms import LesionBalancedCentresd
+
+            steps.append(LesionBalancedCentresd(indices_key="centre_indices"))
         steps.append(_patch_sampler(config, keys))
         steps += [
             mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
@@ -162,6 +167,8 @@ def build_transforms(config: TrainConfig, training: bool):
             steps.append(RandChannelMorphologyd("image", channel=1, max_voxels=config.liver_mask_jitter_voxels))
     if _samples_tumors(config):
         steps.append(mt.DeleteItemsd(keys="classes"))  # it only chose the patch centres
+    if training and _balances_lesions(config):
+        steps.append(mt.DeleteItemsd(keys="centre_indices"))
     steps.append(mt.EnsureTyped(keys=keys, track_meta=False))
     return mt.Compose(steps)
 
@@ -172,8 +179,15 @@ def _samples_tumors(config: TrainConfig) -> bool:
     return config.stage == "liver" and config.tumor_crop_fraction > 0
 
 
+def _balances_lesions(config: TrainConfig) -> bool:
+    if config.lesion_balanced_crops and config.stage != "tumor":
+        raise ValueError("lesion_balanced_crops is for the tumor stage (the liver stage has tumor_crop_fraction)")
+    return config.lesion_balanced_crops
+
+
 def _patch_sampler(config: TrainConfig, keys: list[str]):
-    """Training patches: thesis pos/neg 1:1 around the target, or for the liver stage with
+    """Training patches: thesis pos/neg 1:1 around the target (for the tumor stage with
+    ``lesion_balanced_crops`` the positive centres split evenly between lesions), or for the liver stage with
     ``tumor_crop_fraction`` centred on tumor that often (the rest split evenly between liver and background).
 
     Tumors at the liver's surface look like the tissue outside it; a liver model that rarely sees them leaves
@@ -181,6 +195,10 @@ def _patch_sampler(config: TrainConfig, keys: list[str]):
     """
     from monai import transforms as mt
 
+    if _balances_lesions(config):  # pos/neg 1:1 as the thesis, the positive centres spread evenly over lesions
+        return mt.RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=config.roi_size, ratios=[1, 1],
+                                          num_classes=2, num_samples=config.samples_per_volume,
+                                          indices_key="centre_indices", warn=False)
     if not _samples_tumors(config):
         return mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=config.roi_size, pos=1, neg=1,
                                          num_samples=config.samples_per_volume, image_key="image",
@@ -474,7 +492,7 @@ def _run_cli(args) -> int:
                          learning_rate=args.learning_rate, early_stopping_patience=args.patience, seed=args.seed,
                          liver_mask_jitter_voxels=args.liver_mask_jitter_voxels,
                          liver_mask_input="predicted" if liver_masks else "truth",
-                         tumor_crop_fraction=args.tumor_crop_fraction,
+                         tumor_crop_fraction=args.tumor_crop_fraction, lesion_balanced_crops=args.lesion_balanced_crops,
                          model_id=args.model_id, title=args.title, demo_only=bool(args.phantoms) or args.demo_only,
                          training_data=training_data)
     device = args.device if args.device != "auto" else ("cuda" if _cuda_available() else "cpu")
@@ -540,6 +558,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--tumor-crop-fraction", type=float, default=0.0,
                         help="liver stage: centre this share of the patches on tumor, so that the liver model learns "
                              "that tumors at its surface are liver (default 0: the thesis pos/neg sampling)")
+    parser.add_argument("--lesion-balanced-crops", action="store_true",
+                        help="tumor stage: give every lesion the same share of the tumor-centred patches (the thesis "
+                             "centres them on tumor voxels drawn uniformly, so large tumors dominate)")
     parser.add_argument("--liver-model", default=None, metavar="MODEL_ID",
                         help="tumor stage: feed the liver masks this model predicts (as in the cascade) instead of "
                              "the truth; they are computed once and kept under --out/predicted_liver_masks")
