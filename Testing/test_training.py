@@ -327,7 +327,7 @@ def test_tumor_training_on_predicted_masks_crops_to_and_stacks_the_given_mask(bl
         training.build_transforms(config, training=False)
 
 
-def test_train_cli_feeds_the_tumor_stage_a_registered_liver_models_masks(tmp_path, capsys):
+def test_train_cli_feeds_the_tumor_stage_a_registered_liver_models_masks(tmp_path, capsys, monkeypatch):
     from LiverTumorSegLib import cli
     from LiverTumorSegLib.datasets import predicted_masks_folder
     from LiverTumorSegLib.model_manifest import load_manifest
@@ -336,7 +336,10 @@ def test_train_cli_feeds_the_tumor_stage_a_registered_liver_models_masks(tmp_pat
     options = ["train", "--stage", "tumor", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
                "--spacing-mm", "2,2,4", "--roi", "16,16,8", "--init-filters", "8", "--samples-per-volume", "1",
                "--batch-size", "1", "--val-fraction", "0.34", "--device", "cpu"]
-    assert cli.main(options + ["--liver-model", "demo-liver-segresnet"]) == 0
+    configs, train = [], training.train
+    monkeypatch.setattr(training, "train", lambda config, *a, **k: configs.append(config) or train(config, *a, **k))
+    assert cli.main(options + ["--liver-model", "demo-liver-segresnet", "--lesion-balanced-crops"]) == 0
+    assert configs[0].lesion_balanced_crops and configs[0].liver_mask_input == "predicted"
     liver = load_manifest()["demo-liver-segresnet"]
     folder = tmp_path / "run" / "predicted_liver_masks" / predicted_masks_folder(liver)
     assert sorted(p.name for p in folder.iterdir()) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
