@@ -340,6 +340,11 @@ def test_train_cli_feeds_the_tumor_stage_a_registered_liver_models_masks(tmp_pat
     monkeypatch.setattr(training, "train", lambda config, *a, **k: configs.append(config) or train(config, *a, **k))
     assert cli.main(options + ["--liver-model", "demo-liver-segresnet", "--lesion-balanced-crops"]) == 0
     assert configs[0].lesion_balanced_crops and configs[0].liver_mask_input == "predicted"
+    liver_options = [o if o != "tumor" else "liver" for o in options]
+    liver_options[liver_options.index("--out") + 1] = str(tmp_path / "liver_run")
+    with pytest.raises(SystemExit, match="--lesion-balanced-crops is for the tumor stage"):
+        cli.main(liver_options + ["--lesion-balanced-crops"])
+    assert not (tmp_path / "liver_run").exists()  # refused before anything was written
     liver = load_manifest()["demo-liver-segresnet"]
     folder = tmp_path / "run" / "predicted_liver_masks" / predicted_masks_folder(liver)
     assert sorted(p.name for p in folder.iterdir()) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]

@@ -477,6 +477,8 @@ def _triple(text: str, kind=float) -> tuple:
 def _run_cli(args) -> int:
     from .datasets import list_msd_cases, make_phantom_dataset, split_cases
 
+    if args.lesion_balanced_crops and args.stage != "tumor":  # refused before any phantom is written
+        raise SystemExit("--lesion-balanced-crops is for the tumor stage; the liver stage has --tumor-crop-fraction")
     if args.phantoms:
         data_root = make_phantom_dataset(args.out / "phantom_data", args.phantoms, first_seed=args.phantom_first_seed,
                                          size_xy=args.phantom_size)
