@@ -7,7 +7,6 @@ logic class usable from Slicer's Python console, and the self-test class. Every 
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import pathlib
 from typing import Annotated
@@ -26,9 +25,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LiverTumorSegLib import dependencies, scenarios, scene_input
-from LiverTumorSegLib.hu_windows import load_presets, model_input_window
-from LiverTumorSegLib.model_manifest import load_manifest
+from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
+from LiverTumorSegLib.core.hu_windows import load_presets, model_input_window
+from LiverTumorSegLib.gui.polling import RunPoller
+from LiverTumorSegLib.models.manifest import load_manifest
+from LiverTumorSegLib.scene import input as scene_input
+from LiverTumorSegLib.testing import scenarios
+from LiverTumorSegLib.worker import dependencies
 
 NO_TUMOR_MODEL = ""
 DEBOUNCE_MS = 300
@@ -64,7 +67,7 @@ class LiverTumorSegParameterNode:
     liverModelId: str = ""
     tumorModelId: str = ""
     device: Annotated[str, Choice(["auto", "cpu"])] = "auto"
-    minTumorMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.1
+    minTumorMl: Annotated[float, WithinRange(0.0, 100.0)] = MIN_TUMOR_ML
     perLesionSegments: bool = False
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     huLowerHu: Annotated[float, WithinRange(-1024.0, 3000.0)] = 0.0
@@ -90,7 +93,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None
+        self._runPoller = None
         self._measurementsUpdater = None
         self._flrPlanner = None
 
@@ -102,9 +105,9 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LiverTumorSegLogic()
 
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(200)
-        self._pollTimer.connect("timeout()", self._pollRun)
+        self._runPoller = RunPoller(self.ui.progressBar, self.ui.progressLabel, _("Segmentation failed"),
+                                    onFinished=self._onSegmentationFinished, onEnded=self._onParameterNodeModified,
+                                    onLogLine=self.ui.logTextEdit.appendPlainText)
         self._measurementsTimer = self._singleShotTimer(self._updateMeasurements)
         self._flrTimer = self._singleShotTimer(self._updateFlrIfDirty)
 
@@ -153,9 +156,16 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self._stopLiveUpdates()
-        if self._run is not None:
-            self._run.cancel()
+        if self._runPoller is not None:
+            self._runPoller.stop()
         self.removeObservers()
+
+    def onReload(self) -> None:
+        """Reload the library too, so that "Reload and Test" runs the edited code."""
+        from LiverTumorSegLib.gui.reload import forget_package
+
+        forget_package("LiverTumorSegLib")
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -208,7 +218,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         node = self._parameterNode
         hasVolume = bool(node and node.inputVolume)
-        running = self._run is not None
+        running = self._runPoller is not None and self._runPoller.running
         self.ui.windowPresetButtonsFrame.enabled = hasVolume
         self.ui.modelInputPreviewButton.enabled = hasVolume
         folder = node.dicomFolder if node else None
@@ -241,44 +251,22 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- segmentation run --------------------------------------------------------------------------
     def onRunButton(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            self.ui.progressLabel.text = _("Cancelling...")
+        if self._runPoller.running:
+            self._runPoller.cancel()
             return
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
             self.ui.logTextEdit.clear()
-            self.ui.progressBar.value = 0
-            self._run = self.logic.startSegmentation(
+            self._runPoller.start(self.logic.startSegmentation(
                 node.inputVolume, node.liverModelId, node.tumorModelId or None, device=node.device,
-                minTumorMl=node.minTumorMl, perLesionSegments=node.perLesionSegments)
-            self._pollTimer.start()
+                minTumorMl=node.minTumorMl, perLesionSegments=node.perLesionSegments))
             self._onParameterNodeModified()
 
-    def _pollRun(self) -> None:
-        for event in self._run.poll():
-            if event.fraction is not None:
-                self.ui.progressBar.value = int(round(100 * event.fraction))
-            self.ui.progressLabel.text = f"{event.stage}: {event.message}"
-            self.ui.logTextEdit.appendPlainText(f"[{event.stage}] {event.message}")
-        if self._run.running():
-            return
-        self._pollTimer.stop()
-        run, self._run = self._run, None
-        for line in run.log_lines():
-            self.ui.logTextEdit.appendPlainText(line)
-        try:
-            segmentationNode = run.finish()
-        except Exception as error:  # shown to the user; the scene is unchanged
-            self.ui.progressLabel.text = str(error)
-            if "cancel" not in str(error).lower():
-                slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error))
-        else:
-            self._parameterNode.outputSegmentation = segmentationNode
-            self.ui.progressLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
-        self._onParameterNodeModified()
+    def _onSegmentationFinished(self, segmentationNode) -> None:
+        self._parameterNode.outputSegmentation = segmentationNode
+        self.ui.progressLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
 
     # --- measurements ------------------------------------------------------------------------------
     def _syncLiveUpdates(self) -> None:
@@ -358,40 +346,6 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             flr=figures["flr_ml"], ratio=figures["flr_ratio"], verdict=figures["verdict"])
 
 
-def ensurePythonPackages(requirements: dict, purpose: str, askUser: bool = True) -> bool:
-    """Install the missing ``requirements`` (import name -> pip requirement) after asking: torch and
-    torchvision through the PyTorch extension, the rest with ``slicer.util.pip_install``. False when the
-    user declines; ``RuntimeError`` with a readable reason when an install fails."""
-    missing = dependencies.missing_modules(requirements)
-    if not missing:
-        return True
-    if askUser and not slicer.util.confirmOkCancelDisplay(
-            _("{purpose} needs these Python packages, which are not installed yet: {packages}. "
-              "Install them now? This can take several minutes.").format(purpose=purpose,
-                                                                        packages=", ".join(missing))):
-        return False
-    if set(missing) & set(dependencies.PYTORCH_EXTENSION_PACKAGES):
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError(_("This module needs the 'PyTorch' extension. Install it from the Extensions "
-                                 "Manager, restart Slicer and press Run again.")) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        installedTorch = importlib.metadata.version("torch") if torchLogic.torchInstalled() else None
-        # installTorch installs torch and torchvision; with torch present only the matching torchvision is added
-        torchRequirement = dependencies.pytorch_extension_torch_requirement(missing, installedTorch)
-        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=torchRequirement) is None:
-            raise RuntimeError(_("PyTorch could not be installed; see the Python console for details."))
-    pipRequirements = dependencies.pip_requirements(missing, requirements)
-    if pipRequirements:
-        try:
-            slicer.util.pip_install(pipRequirements)
-        except Exception as error:
-            raise RuntimeError(_("Installing {packages} failed: {error}").format(
-                packages=" ".join(pipRequirements), error=error)) from error
-    return True
-
-
 class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     """Scriptable logic (usable from the Python console without the widget).
 
@@ -415,7 +369,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
 
     def applyModelInputWindow(self, volumeNode, modelId: str) -> None:
         """Window the CT to the input range of ``modelId`` (how the model sees the intensities)."""
-        from LiverTumorSegLib import scene
+        from LiverTumorSegLib.scene import volumes as scene
 
         window = model_input_window(load_manifest()[modelId].intensity)
         if window is None:
@@ -424,12 +378,14 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self, askUser: bool = True) -> bool:
         """Install what the segmentation worker needs, after asking (see ``ensurePythonPackages``)."""
+        from LiverTumorSegLib.gui.dependencies import ensurePythonPackages
+
         return ensurePythonPackages(dependencies.WORKER_REQUIREMENTS, _("Liver segmentation"), askUser)
 
     def startSegmentation(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
-                          minTumorMl: float = 0.1, perLesionSegments: bool = False, launcher=None):
+                          minTumorMl: float = MIN_TUMOR_ML, perLesionSegments: bool = False, launcher=None):
         """Start the cascade in a background process; returns the run (poll, cancel, finish)."""
-        from LiverTumorSegLib.scene_run import SegmentationRun, slicer_launcher
+        from LiverTumorSegLib.scene.run import SegmentationRun, slicer_launcher
 
         run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
                               min_tumor_ml=minTumorMl, per_lesion_segments=perLesionSegments,
@@ -440,22 +396,22 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     def process(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
                 wait: bool = True, **options):
         """Segment ``volumeNode``; with ``wait`` blocks and returns the new segmentation node, else the run."""
-        from LiverTumorSegLib.scene_run import SegmentationRun
+        from LiverTumorSegLib.scene.run import SegmentationRun
 
         if not wait:
             return self.startSegmentation(volumeNode, liverModelId, tumorModelId, device, **options)
         run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
-                              min_tumor_ml=options.get("minTumorMl", 0.1),
+                              min_tumor_ml=options.get("minTumorMl", MIN_TUMOR_ML),
                               per_lesion_segments=options.get("perLesionSegments", False))
         return run.run_blocking(on_progress=lambda event: logging.info(f"{event.stage}: {event.message}"))
 
     def measurementsUpdater(self, segmentationNode, volumeNode, scheduleUpdate):
-        from LiverTumorSegLib.scene_results import MeasurementsUpdater
+        from LiverTumorSegLib.scene.results import MeasurementsUpdater
 
         return MeasurementsUpdater(segmentationNode, volumeNode, schedule_update=scheduleUpdate)
 
     def addHuRangeSegment(self, segmentationNode, volumeNode, lowerHu: float, upperHu: float) -> str:
-        from LiverTumorSegLib.scene_results import add_hu_range_segment
+        from LiverTumorSegLib.scene.results import add_hu_range_segment
 
         return add_hu_range_segment(segmentationNode, volumeNode, lowerHu, upperHu)
 
@@ -471,7 +427,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         }
 
     def flrPlanner(self, parameterNode, paintedSegmentId, scheduleUpdate, observe: bool = True):
-        from LiverTumorSegLib.scene_flr import FLRPlanner
+        from LiverTumorSegLib.scene.flr import FLRPlanner
 
         planes = [parameterNode.resectionPlane] if parameterNode.usePlane and parameterNode.resectionPlane else []
         return FLRPlanner(parameterNode.outputSegmentation, parameterNode.inputVolume, schedule_update=scheduleUpdate,
@@ -479,7 +435,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
 
 
 class LiverTumorSegTest(ScriptedLoadableModuleTest):
-    """Self-tests: the scenario functions of LiverTumorSegLib.scenarios, also run by pytest headless."""
+    """Self-tests: the scenario functions of LiverTumorSegLib.testing.scenarios, also run by pytest headless."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -496,5 +452,5 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay(f"{name} passed")
 
     def test_scenarios(self) -> None:
-        """Every shared scenario (see LiverTumorSegLib.scenarios.SCENARIOS)."""
+        """Every shared scenario (see LiverTumorSegLib.testing.scenarios.SCENARIOS)."""
         self.runTest()

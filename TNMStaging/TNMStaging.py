@@ -1,9 +1,9 @@
 """TNMStaging: AJCC 8th-edition stage from the measured liver lesions, beside a learned stage suggestion
 (3D Slicer scripted module).
 
-Thin GUI layer. The rules live in ``TNMStagingLib.ajcc`` (pure Python); measuring the segments, the
-background staging worker and the result table live in ``TNMStagingLib.scene_staging`` (no Qt). Both are
-tested headless by the shared scenarios of ``TNMStagingLib.scenarios``.
+Thin GUI layer. The rules live in ``TNMStagingLib.core.ajcc`` (pure Python); measuring the segments, the
+background staging worker and the result table live in ``TNMStagingLib.scene.staging`` (no Qt). Both are
+tested headless by the shared scenarios of ``TNMStagingLib.testing.scenarios``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import pathlib
 from typing import Annotated
 
-import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
@@ -27,7 +26,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from TNMStagingLib import ajcc, scenarios
+from LiverTumorSegLib.gui.polling import RunPoller
+from TNMStagingLib.core import ajcc
+from TNMStagingLib.testing import scenarios
 
 
 class TNMStaging(ScriptedLoadableModule):
@@ -78,7 +79,7 @@ class TNMStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None
+        self._runPoller = None
         self._rules = None  # (StageResult, diameters) of the last "Apply AJCC rules"
         self._learned = None  # result dict of the last learned-stage run
 
@@ -89,9 +90,9 @@ class TNMStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TNMStagingLogic()
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(200)
-        self._pollTimer.connect("timeout()", self._pollRun)
+        self._runPoller = RunPoller(self.ui.stagingProgressBar, self.ui.stagingStatusLabel,
+                                    _("Learned staging failed"), onFinished=self._onStagingFinished,
+                                    onEnded=self._onParameterNodeModified)
         self.ui.measureLesionsButton.connect("clicked(bool)", self.onMeasureLesions)
         self.ui.applyRulesButton.connect("clicked(bool)", self.onApplyRules)
         self.ui.runStagingButton.connect("clicked(bool)", self.onRunStaging)
@@ -100,9 +101,16 @@ class TNMStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
+        if self._runPoller is not None:
+            self._runPoller.stop()
         self.removeObservers()
+
+    def onReload(self) -> None:
+        """Reload the library too, so that "Reload and Test" runs the edited code."""
+        from LiverTumorSegLib.gui.reload import forget_package
+
+        forget_package("TNMStagingLib")
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -138,8 +146,9 @@ class TNMStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         haveInputs = bool(node and node.inputVolume and node.segmentation)
         self.ui.measureLesionsButton.enabled = haveInputs
-        self.ui.runStagingButton.enabled = haveInputs or self._run is not None
-        self.ui.runStagingButton.text = _("Cancel") if self._run is not None else _("Run learned stage")
+        running = self._runPoller is not None and self._runPoller.running
+        self.ui.runStagingButton.enabled = haveInputs or running
+        self.ui.runStagingButton.text = _("Cancel") if running else _("Run learned stage")
         self.ui.demoWarningLabel.visible = bool(node) and self.logic.isDemoModel(node.modelPath)
         self.ui.stagingTableView.setMRMLTableNode(node.resultTable if node else None)
 
@@ -163,9 +172,8 @@ class TNMStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.resultTable = self.logic.updateResultTable(rules, diameters, self._learned, node.resultTable)
 
     def onRunStaging(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            self.ui.stagingStatusLabel.text = _("Cancelling...")
+        if self._runPoller.running:
+            self._runPoller.cancel()
             return
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the learned staging."), waitCursor=True):
@@ -174,31 +182,14 @@ class TNMStagingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._rules:
                 self.onMeasureLesions()  # the rule stage always stands beside the learned one
             self._learned = None
-            self.ui.stagingProgressBar.value = 0
-            self._run = self.logic.startStaging(node.inputVolume, node.segmentation, node.modelPath or None,
-                                                device=node.device)
-            self._pollTimer.start()
+            self._runPoller.start(self.logic.startStaging(node.inputVolume, node.segmentation,
+                                                          node.modelPath or None, device=node.device))
             self._onParameterNodeModified()
 
-    def _pollRun(self) -> None:
-        for event in self._run.poll():
-            if event.fraction is not None:
-                self.ui.stagingProgressBar.value = int(round(100 * event.fraction))
-            self.ui.stagingStatusLabel.text = f"{event.stage}: {event.message}"
-        if self._run.running():
-            return
-        self._pollTimer.stop()
-        run, self._run = self._run, None
-        try:
-            self._learned = run.finish()
-        except Exception as error:  # shown to the user; the scene is unchanged
-            self.ui.stagingStatusLabel.text = str(error)
-            if "cancel" not in str(error).lower():
-                slicer.util.errorDisplay(_("Learned staging failed: {error}").format(error=error))
-        else:
-            self.ui.stagingStatusLabel.text = _("Learned stage {stage}").format(stage=self._learned["stage"])
-            self._showResult()
-        self._onParameterNodeModified()
+    def _onStagingFinished(self, learned) -> None:
+        self._learned = learned
+        self.ui.stagingStatusLabel.text = _("Learned stage {stage}").format(stage=learned["stage"])
+        self._showResult()
 
 
 class TNMStagingLogic(ScriptedLoadableModuleLogic):
@@ -225,26 +216,26 @@ class TNMStagingLogic(ScriptedLoadableModuleLogic):
 
     def measureLesions(self, segmentationNode, volumeNode) -> list[float]:
         """Longest axial diameters (mm) of the tumor components of the current segments, largest first."""
-        from TNMStagingLib import scene_staging
+        from TNMStagingLib.scene import staging as scene_staging
 
         return scene_staging.lesion_diameters_mm(segmentationNode, volumeNode)
 
     @staticmethod
     def isDemoModel(modelPath: str) -> bool:
-        from TNMStagingLib.worker import DEMO_MODEL_FILE
+        from TNMStagingLib.resources import DEMO_MODEL_FILE
 
         return not modelPath or pathlib.Path(modelPath).resolve() == DEMO_MODEL_FILE
 
     def ensureDependencies(self, askUser: bool = True) -> bool:
-        from LiverTumorSeg import ensurePythonPackages
-        from LiverTumorSegLib import dependencies
+        from LiverTumorSegLib.gui.dependencies import ensurePythonPackages
+        from LiverTumorSegLib.worker import dependencies
 
         return ensurePythonPackages(dependencies.STAGING_REQUIREMENTS, _("Learned staging"), askUser)
 
     def startStaging(self, volumeNode, segmentationNode, modelPath=None, device: str = "auto", launcher=None):
         """Start the learned stage in a background process; returns the run (poll, cancel, finish)."""
-        from LiverTumorSegLib.scene_run import slicer_launcher
-        from TNMStagingLib.scene_staging import StagingRun
+        from LiverTumorSegLib.scene.run import slicer_launcher
+        from TNMStagingLib.scene.staging import StagingRun
 
         run = StagingRun(volumeNode, segmentationNode, model_path=modelPath, device=device,
                          launcher=launcher or slicer_launcher)
@@ -253,16 +244,16 @@ class TNMStagingLogic(ScriptedLoadableModuleLogic):
 
     def updateResultTable(self, rules, diametersMm, learned, tableNode=None):
         """Write the rule stage and the learned stage (either may be None) into the result table node."""
-        from TNMStagingLib import scene_staging
+        from TNMStagingLib.scene import staging as scene_staging
 
         return scene_staging.update_staging_table(scene_staging.staging_rows(rules, diametersMm, learned),
                                                   tableNode, scene=slicer.mrmlScene)
 
     def process(self, volumeNode, segmentationNode, modelPath=None, device: str = "auto", wait: bool = True,
                 **findings):
-        """Rules on the measured lesions (``findings``: keywords of ``TNMStagingLib.ajcc.stage``) and the
+        """Rules on the measured lesions (``findings``: keywords of ``TNMStagingLib.core.ajcc.stage``) and the
         learned stage; with ``wait`` blocks and returns the result table node, else the started run."""
-        from TNMStagingLib import scene_staging
+        from TNMStagingLib.scene import staging as scene_staging
 
         if not wait:
             return self.startStaging(volumeNode, segmentationNode, modelPath, device)
@@ -273,7 +264,7 @@ class TNMStagingLogic(ScriptedLoadableModuleLogic):
 
 
 class TNMStagingTest(ScriptedLoadableModuleTest):
-    """Self-tests: the scenario functions of TNMStagingLib.scenarios, also run by pytest headless."""
+    """Self-tests: the scenario functions of TNMStagingLib.testing.scenarios, also run by pytest headless."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -292,5 +283,5 @@ class TNMStagingTest(ScriptedLoadableModuleTest):
         self.delayDisplay(f"{name} passed")
 
     def test_scenarios(self) -> None:
-        """Every shared scenario (see TNMStagingLib.scenarios.SCENARIOS)."""
+        """Every shared scenario (see TNMStagingLib.testing.scenarios.SCENARIOS)."""
         self.runTest()

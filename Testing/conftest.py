@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from LiverTumorSegLib import headless_slicer as slicer_bootstrap
+from LiverTumorSegLib.testing import headless_slicer as slicer_bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared fixture modules beside this file
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from LiverTumorSegLib.phantom import Phantom, make_phantom, write_phantom
+from LiverTumorSegLib.synthetic.phantom import Phantom, make_phantom, write_phantom
 
 SMALL_PHANTOM = {"seed": 2, "size_xy": 128, "slice_thickness_mm": 5.0, "n_tumors": 3}
 

@@ -29,11 +29,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from LiverTumorSegLib.cascade import run_cascade
-from LiverTumorSegLib.inference import count_windows, infer_labels, select_device
-from LiverTumorSegLib.model_manifest import ModelEntry
-from LiverTumorSegLib.networks import LoadedModel, build_network
-from LiverTumorSegLib.preprocessing import preprocess_ct
+from LiverTumorSegLib.core.cascade import run_cascade
+from LiverTumorSegLib.core.inference import count_windows, infer_labels, select_device
+from LiverTumorSegLib.core.preprocessing import preprocess_ct
+from LiverTumorSegLib.models.manifest import ModelEntry
+from LiverTumorSegLib.models.networks import LoadedModel, build_network
 
 SIZE = (512, 512, 200)  # x, y, z voxels
 SPACING = (0.8, 0.8, 2.5)  # mm

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorSegLib.dicom_io import load_series
-from LiverTumorSegLib.dicom_write import write_ct_series
+from LiverTumorSegLib.io.dicom_io import load_series
+from LiverTumorSegLib.io.dicom_write import write_ct_series
 
 SIZE_XY = 512
 SPACING_MM = (0.75, 0.75, 1.0)

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorSegLib.flr import FLRCalculator, compute_flr
-from LiverTumorSegLib.resection import Plane
+from LiverTumorSegLib.core.flr import FLRCalculator, compute_flr
+from LiverTumorSegLib.core.resection import Plane
 
 SHAPE_XYZ = (512, 512, 200)
 SPACING_MM = (0.8, 0.8, 2.5)

@@ -1,6 +1,6 @@
 """Benchmark: staging encoder throughput (slices/s) of the full SAM vit_b image encoder (random init).
 
-Times ``TNMStagingLib.features.embed_slices`` (the code path of ``tnmstaging features``: HU window, SAM
+Times ``TNMStagingLib.core.features.embed_slices`` (the code path of ``tnmstaging features``: HU window, SAM
 resize/normalise/pad to 1024x1024, ``ImageEncoderViT`` forward to 256x64x64, pooling, copy back) on
 synthetic 512x512 CT slices. The CPU runs float32 at batch sizes 1 and 2 on a few slices; a CUDA GPU, when
 present, runs under autocast (bf16 where supported, else fp16) on more slices. One warm-up batch per
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from TNMStagingLib import features
+from TNMStagingLib.core import features
 
 TARGET_GPU_SLICES_PER_S = 40
 

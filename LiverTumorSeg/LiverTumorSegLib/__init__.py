@@ -1,5 +1,13 @@
-"""LiverTumorSeg library.
+"""LiverTumorSeg library, in subpackages by layer and role (docs/architecture.md has the rules):
 
-Compute core (no ``slicer``, no Qt): DICOM input, synthetic phantom, HU windows, previews, inference,
-FLR. Scene bridge (``scene``): MRML nodes to and from core results; imports ``slicer`` but never Qt.
+- ``core``: compute core (cascade, inference, preprocessing, measurements, FLR, HU windows, terminology);
+  numpy, SimpleITK, torch and MONAI, never ``slicer`` or Qt;
+- ``io``: files in and out (DICOM series, ``.seg.nrrd``, preview PNGs);
+- ``models``: the model manifest, the model cache and downloads, building the networks;
+- ``worker``: the background process (job file, progress lines, cancel) and the client that starts it;
+- ``scene``: the scene bridge, core results to MRML nodes and back; ``slicer`` MRML, never Qt;
+- ``gui``: what both modules' widgets share (Qt); used by the module files only;
+- ``cli``: the ``livertumor`` command over the functions above;
+- ``synthetic``, ``training``, ``testing``: phantoms, model training and evaluation, test scenarios
+  (not installed into Slicer, except the self-test scenarios).
 """

@@ -1,1 +1,5 @@
-"""TNMStaging library: AJCC 8th-edition rules (core), image features and the staging classifier."""
+"""TNMStaging library, in subpackages by layer and role (docs/architecture.md has the rules): ``core`` (AJCC
+rules, image and measured features, the staging classifier, one-case prediction; never ``slicer`` or Qt),
+``worker`` (the background staging process), ``scene`` (scene bridge: measured lesions and the result table),
+``cli`` (the ``tnmstaging`` command), ``training`` (cohorts and feature tables) and ``testing`` (self-test
+scenarios)."""

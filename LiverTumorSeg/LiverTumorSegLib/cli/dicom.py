@@ -1,0 +1,77 @@
+"""``livertumor dicom list DIR`` and ``livertumor dicom convert DIR --out FILE.nrrd``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from LiverTumorSegLib.io.dicom_io import DicomInputError, DicomInputWarning, load_series, scan_folder
+
+
+def register(subparsers) -> None:
+    """``livertumor dicom list DIR`` and ``livertumor dicom convert DIR --out FILE.nrrd``."""
+    parser = subparsers.add_parser("dicom", help="list DICOM series of a folder, convert a CT series to NRRD")
+    commands = parser.add_subparsers(dest="dicom_command", required=True, metavar="ACTION")
+    listing = commands.add_parser("list", help="print one JSON object per series found under DIR")
+    listing.add_argument("folder", metavar="DIR", type=Path)
+    listing.set_defaults(func=_cli_list)
+    convert = commands.add_parser("convert", help="load a CT series (HU) and write it with SimpleITK")
+    convert.add_argument("folder", metavar="DIR", type=Path)
+    convert.add_argument(
+        "--series", metavar="UID", help="Series Instance UID (default: the largest CT series)"
+    )
+    convert.add_argument(
+        "--resample-nonuniform",
+        action="store_true",
+        help="resample missing/irregular slices onto a uniform grid instead of failing",
+    )
+    convert.add_argument("--out", metavar="FILE.nrrd", type=Path, required=True, help="output image file")
+    convert.set_defaults(func=_cli_convert)
+
+
+def _cli_list(args: argparse.Namespace) -> int:
+    def run() -> int:
+        for series in scan_folder(args.folder):
+            print(json.dumps(series.to_json()))
+        return 0
+
+    return _cli_run(run)
+
+
+def _cli_convert(args: argparse.Namespace) -> int:
+    def run() -> int:
+        image = load_series(args.folder, args.series, resample_nonuniform=args.resample_nonuniform)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            sitk.WriteImage(image, str(args.out), useCompression=True)
+        except RuntimeError as error:
+            raise DicomInputError(
+                f"cannot write {args.out}: {str(error).strip().splitlines()[-1]}"
+            ) from error
+        print(args.out)
+        return 0
+
+    return _cli_run(run)
+
+
+def _cli_run(action) -> int:
+    """Run ``action``; warnings as one line each on stderr; a ``DicomInputError`` -> exit code 2."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DicomInputWarning)
+        try:
+            code = action()
+        except DicomInputError as error:
+            code = 2
+            message = f"livertumor dicom: error: {error}"
+        else:
+            message = None
+    for warning in caught:
+        print(f"livertumor dicom: warning: {warning.message}", file=sys.stderr)
+    if message:
+        print(message, file=sys.stderr)
+    return code

@@ -1,0 +1,68 @@
+"""``livertumor segment``: the cascade on a DICOM series or an image file, in this process."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
+from LiverTumorSegLib.worker.job import SegmentationJob
+from LiverTumorSegLib.worker.runner import EXIT_CANCELLED, JobError
+from LiverTumorSegLib.worker.segmentation import run_job
+
+
+def _run(args) -> int:
+    """``livertumor segment``: the worker's job, run in this process, with readable progress on stderr."""
+    job = SegmentationJob(
+        liver_model=args.liver_model, tumor_model=None if args.no_tumor else args.tumor_model,
+        image=None if args.dicom else str(args.image), dicom=str(args.dicom) if args.dicom else None,
+        series_uid=args.series, output_dir=str(args.out), device=args.device, min_tumor_ml=args.min_tumor_ml,
+        allow_download=args.download, overwrite=args.overwrite)
+    cancel = threading.Event()
+
+    def show(record: dict) -> None:
+        percent = "" if record["fraction"] is None else f"{100 * record['fraction']:5.1f}% "
+        print(f"[{percent}{record['stage']}] {record['message']}", file=sys.stderr, flush=True)
+
+    try:
+        results = run_job(job, show, cancel)
+    except JobError as error:
+        print(f"livertumor segment: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("livertumor segment: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    summary = {"output_dir": str(Path(args.out).resolve()), "liver_volume_ml": round(results["liver_volume_ml"], 1),
+               "tumor_volume_ml": round(results["tumor_volume_ml"], 1), "lesions": len(results["lesions"]),
+               "models": {k: v and v["id"] for k, v in results["models"].items()}, "device": results["device"],
+               "timings_s": results["timings_s"]}
+    print(json.dumps(summary))
+    return 0
+
+
+def register(subparsers) -> None:
+    from LiverTumorSegLib.models.manifest import load_manifest
+
+    models = load_manifest()
+    liver_default = next((m.id for m in models.values() if m.task == "liver"), None)
+    tumor_default = next((m.id for m in models.values() if m.task == "tumor"), None)
+    parser = subparsers.add_parser("segment", help="segment liver and tumors of a CT (the cascade)",
+                                   description="Liver, then tumors inside the liver, on a DICOM series or an image "
+                                   "file. Writes labels.nrrd, segmentation.seg.nrrd and results.json into --out.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dicom", type=Path, help="folder with the CT series (searched recursively)")
+    source.add_argument("--image", type=Path, help="CT image file in HU (NRRD, NIfTI, ...)")
+    parser.add_argument("--series", default=None, help="series instance UID when the folder holds several")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--liver-model", "--model", dest="liver_model", default=liver_default,
+                        help=f"liver-stage model id (default {liver_default}); see `livertumor models list`")
+    parser.add_argument("--tumor-model", default=tumor_default, help=f"tumor-stage model id (default {tumor_default})")
+    parser.add_argument("--no-tumor", action="store_true", help="run the liver stage only")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) or cpu")
+    parser.add_argument("--min-tumor-ml", type=float, default=MIN_TUMOR_ML,
+                        help=f"drop tumor components below this volume (default {MIN_TUMOR_ML} mL)")
+    parser.add_argument("--download", action="store_true", help="download missing model weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
+    parser.set_defaults(func=_run)

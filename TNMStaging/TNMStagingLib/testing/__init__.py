@@ -1,0 +1,1 @@
+"""Self-test scenarios shared by Slicer's self-test and the pytest suite."""
