@@ -192,22 +192,28 @@ def _save(dataset: Dataset, path: Path) -> Path:
     return path
 
 
+def make_dicom_results(labels: sitk.Image, source_datasets: Sequence[Dataset], algorithm: Algorithm, *,
+                       measurements: LabelmapMeasurements | None = None, flr: Mapping | None = None
+                       ) -> tuple[Dataset, Dataset]:
+    """The DICOM SEG of ``labels`` (0/1/2 on the CT's grid) and its SR (``measurements``, default
+    ``measure_labelmap(labels)``; ``flr`` when a resection was planned), in memory."""
+    seg = write_segmentation(labels, source_datasets, algorithm)
+    values = measurements if measurements is not None else measure_labelmap(labels)
+    return seg, write_measurement_report(values, seg, source_datasets, algorithm, flr=flr)
+
+
 def write_dicom_results(out_dir: str | Path, labels: sitk.Image, source_datasets: Sequence[Dataset],
                         algorithm: Algorithm, *, measurements: LabelmapMeasurements | None = None,
                         flr: Mapping | None = None, seg_name: str = SEG_FILE,
                         report_name: str | None = REPORT_FILE) -> list[Path]:
-    """Write the DICOM SEG of ``labels`` (0/1/2 on the CT's grid) and, unless ``report_name`` is None, its SR
-    (``measurements``, default ``measure_labelmap(labels)``; ``flr`` when planned) into ``out_dir``; each file
-    appears complete or not at all. Returns their paths (SEG first)."""
+    """Write ``make_dicom_results`` into ``out_dir`` as ``seg_name`` and ``report_name`` (None: the SEG alone);
+    each file appears complete or not at all. Returns their paths (SEG first)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seg = write_segmentation(labels, source_datasets, algorithm)
-    paths = [_save(seg, out_dir / seg_name)]
-    if report_name is not None:
-        values = measurements if measurements is not None else measure_labelmap(labels)
-        report = write_measurement_report(values, seg, source_datasets, algorithm, flr=flr)
-        paths.append(_save(report, out_dir / report_name))
-    return paths
+    if report_name is None:
+        return [_save(write_segmentation(labels, source_datasets, algorithm), out_dir / seg_name)]
+    seg, report = make_dicom_results(labels, source_datasets, algorithm, measurements=measurements, flr=flr)
+    return [_save(seg, out_dir / seg_name), _save(report, out_dir / report_name)]
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -256,4 +262,5 @@ def read_measurement_report(source: str | Path | Dataset) -> list[dict]:
             for group in container.get("ContentSequence", []) if _named(group, "125007", "DCM")]  # Measurement Group
 
 
-__all__ = ["REPORT_FILE", "SEG_FILE", "read_measurement_report", "write_dicom_results", "write_measurement_report"]
+__all__ = ["REPORT_FILE", "SEG_FILE", "make_dicom_results", "read_measurement_report", "write_dicom_results",
+           "write_measurement_report"]
