@@ -181,8 +181,9 @@ def write_measurement_report(measurements: LabelmapMeasurements, seg: Dataset, s
         )
 
 
-def _save(dataset: Dataset, path: Path) -> Path:
+def save_dicom(dataset: Dataset, path: str | Path) -> Path:
     """Save ``dataset`` at ``path`` under a temporary name first, so that ``path`` is complete or absent."""
+    path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         dataset.save_as(temporary, enforce_file_format=True)
@@ -211,9 +212,9 @@ def write_dicom_results(out_dir: str | Path, labels: sitk.Image, source_datasets
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if report_name is None:
-        return [_save(write_segmentation(labels, source_datasets, algorithm), out_dir / seg_name)]
+        return [save_dicom(write_segmentation(labels, source_datasets, algorithm), out_dir / seg_name)]
     seg, report = make_dicom_results(labels, source_datasets, algorithm, measurements=measurements, flr=flr)
-    return [_save(seg, out_dir / seg_name), _save(report, out_dir / report_name)]
+    return [save_dicom(seg, out_dir / seg_name), save_dicom(report, out_dir / report_name)]
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -262,5 +263,5 @@ def read_measurement_report(source: str | Path | Dataset) -> list[dict]:
             for group in container.get("ContentSequence", []) if _named(group, "125007", "DCM")]  # Measurement Group
 
 
-__all__ = ["REPORT_FILE", "SEG_FILE", "make_dicom_results", "read_measurement_report", "write_dicom_results",
-           "write_measurement_report"]
+__all__ = ["REPORT_FILE", "SEG_FILE", "make_dicom_results", "read_measurement_report", "save_dicom",
+           "write_dicom_results", "write_measurement_report"]
