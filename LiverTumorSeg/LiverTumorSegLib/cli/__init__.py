@@ -13,7 +13,7 @@ import argparse
 from LiverTumorSegLib.cli.common import build_registry_parser, run_parsed
 
 # Command modules of this package, in help order.
-COMMAND_MODULES = ["dicom", "phantom", "preview", "segment", "export_seg", "flr", "train", "evaluate", "demo",
+COMMAND_MODULES = ["dicom", "phantom", "preview", "segment", "export_seg", "serve", "flr", "train", "evaluate", "demo",
                    "demo_models", "models"]
 
 

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+from LiverTumorSegLib.cli.common import default_model_ids
 from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
 from LiverTumorSegLib.worker.job import SegmentationJob
 from LiverTumorSegLib.worker.runner import EXIT_CANCELLED, JobError
@@ -45,11 +46,7 @@ def _run(args) -> int:
 
 
 def register(subparsers) -> None:
-    from LiverTumorSegLib.models.manifest import load_manifest
-
-    models = load_manifest()
-    liver_default = next((m.id for m in models.values() if m.task == "liver"), None)
-    tumor_default = next((m.id for m in models.values() if m.task == "tumor"), None)
+    liver_default, tumor_default = default_model_ids()
     parser = subparsers.add_parser("segment", help="segment liver and tumors of a CT (the cascade)",
                                    description="Liver, then tumors inside the liver, on a DICOM series or an image "
                                    "file. Writes labels.nrrd, segmentation.seg.nrrd and results.json into --out, and "
