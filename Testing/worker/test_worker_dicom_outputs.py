@@ -68,3 +68,14 @@ def test_a_source_the_seg_cannot_reference_gives_the_other_outputs_and_says_why(
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["dicom_outputs"] == [] == results["dicom_outputs"]
     assert written["dicom_outputs_error"].startswith("no DICOM SEG/SR: IM0000.dcm: empty or missing StudyInstanceUID")
+
+
+def test_the_worker_the_command_line_and_the_scene_bridge_import_without_highdicom_and_pynetdicom():
+    """Slicer installs highdicom on the first Run: nothing imported before may need it (nor pynetdicom)."""
+    code = ("import sys; sys.modules['highdicom'] = sys.modules['pynetdicom'] = None\n"
+            "import LiverTumorSegLib.worker.segmentation, LiverTumorSegLib.cli\n"
+            "from LiverTumorSegLib.testing import headless_slicer; headless_slicer.bootstrap()\n"
+            "import LiverTumorSegLib.scene.dicom_export\n"
+            "LiverTumorSegLib.cli.build_parser()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
