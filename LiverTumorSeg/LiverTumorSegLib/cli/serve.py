@@ -135,7 +135,7 @@ def _run_cli(args: argparse.Namespace) -> int:
                 log.warning("model %s is a DEMO model trained on phantoms, not for clinical use; its results say so",
                             entry.id)
         segmenter = WorkerSegmenter(args.liver_model, args.tumor_model, device=args.device,
-                                    manifest=str(args.manifest) if args.manifest else None,
+                                    manifest=str(args.manifest.absolute()) if args.manifest else None,
                                     timeout_s=args.job_timeout_seconds)
         node = Node(args.ae_title, args.port, destination, args.work, segmenter, allow=allow,
                     quiet_s=args.quiet_seconds, bind=args.bind, retry_initial_s=args.retry_initial_seconds,

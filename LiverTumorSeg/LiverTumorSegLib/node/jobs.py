@@ -75,7 +75,7 @@ class WorkFolder:
     """The work folder's layout and its durable operations (see the module docstring)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # the worker and the log get absolute paths
         self.incoming = self.root / "incoming"
         self.jobs = self.root / "jobs"
         self.failed = self.root / "failed"

@@ -357,10 +357,10 @@ class Node:
         if not done:
             return
         info = self.work.info(job)
+        self.work.finish(job)  # every result confirmed: the job is done
         LOG.info("job %s sent %d result(s) to %s in %.1f s; series %s: %.1f s from first instance received to "
                  "results stored", job.name, count, self.destination, time.time() - started, info["series_uid"],
                  time.time() - info["first_arrival"])
-        self.work.finish(job)
 
 
 def _result_names(results: Sequence[Path], partial: Path) -> list[str]:
