@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from LiverTumorSegLib import cli
 from LiverTumorSegLib.io.dicom_sr import write_dicom_results
 from LiverTumorSegLib.node.segmenter import WorkerSegmenter, stop_orphan_worker
+from LiverTumorSegLib.node.sender import Destination, Sender
 from LiverTumorSegLib.node.server import Node
 
 DEMO_MODELS = ("demo-liver-segresnet", "demo-tumor-segresnet")
@@ -450,3 +452,11 @@ def test_orthanc_install_script_is_run_by_make_test_and_quiet_when_orthanc_is_th
         pytest.skip("Orthanc is not installed: the script's quiet path cannot be checked")
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_a_job_confirmed_just_before_a_stop_is_finished_not_resent():
+    sender = Sender("N", Destination.parse("NOBODY@127.0.0.1:9"), 0.1, 0.1)
+    stopped = threading.Event()
+    stopped.set()
+    assert sender.deliver("000001", lambda: [], lambda path: None, stopped) is True  # all confirmed: done
+    assert sender.deliver("000002", lambda: [Path("x.dcm")], lambda path: None, stopped) is False  # nothing tried

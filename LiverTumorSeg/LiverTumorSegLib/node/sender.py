@@ -113,10 +113,12 @@ class Sender:
         """Send ``unsent()`` until nothing is left (True) or ``stop`` is set (False); one log line per failed
         attempt, with the attempt number and the delay before the next."""
         delay, attempt = self.retry_initial_s, 0
-        while not stop.is_set():
+        while True:
             pending = unsent()
-            if not pending:
+            if not pending:  # checked before ``stop``: a job confirmed just before a stop is finished now
                 return True
+            if stop.is_set():
+                return False
             try:
                 send_files(self.calling_ae, self.destination, pending, mark_sent)
             except SendError as error:
@@ -126,4 +128,3 @@ class Sender:
                 if stop.wait(delay):
                     return False
                 delay = min(delay * 2.0, self.retry_max_s)
-        return False
