@@ -28,6 +28,7 @@ demo: venv
 	$(VENV)/bin/livertumor demo --out $(DEMO_OUT)
 
 test: venv
+	bash Testing/tools/ensure_orthanc.sh
 	$(PY) -m pytest -q -ra
 
 lint: venv

@@ -30,8 +30,9 @@ MAY_IMPORT = {
     "gui": {"core", "io", "models", "worker", "scene", "resources"},
     "synthetic": {"core", "io", "resources"},
     "training": {"core", "io", "models", "worker", "synthetic", "resources"},
+    "node": {"core", "io", "models", "worker", "resources"},
     "testing": {"core", "io", "models", "worker", "scene", "synthetic", "resources"},
-    "cli": {"core", "io", "models", "worker", "scene", "synthetic", "training", "testing", "resources"},
+    "cli": {"core", "io", "models", "worker", "scene", "synthetic", "training", "testing", "node", "resources"},
 }
 # TNMStagingLib's packages: (its own packages, LiverTumorSegLib packages) they may import.
 TNM_MAY_IMPORT = {
@@ -216,9 +217,9 @@ def test_installed_files_import_only_installed_library_modules():
     assert not problems, "\n".join(problems)
 
 
-def test_cli_training_and_the_headless_bootstrap_are_not_installed():
+def test_cli_training_node_and_the_headless_bootstrap_are_not_installed():
     installed = installed_modules()
     for name in installed:
         parts = name.split(".")
-        assert not (len(parts) > 1 and parts[1] in ("cli", "training")), name
+        assert not (len(parts) > 1 and parts[1] in ("cli", "training", "node")), name
     assert "LiverTumorSegLib.testing.headless_slicer" not in installed

@@ -22,9 +22,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["LiverTumorSeg", "TNMStaging"]
-# What Slicer does not get (docs/architecture.md): the command line, training and the headless test bootstrap.
-NOT_INSTALLED = ("LiverTumorSegLib/cli/", "LiverTumorSegLib/training/", "LiverTumorSegLib/testing/headless_slicer.py",
-                 "TNMStagingLib/cli/", "TNMStagingLib/training/")
+# What Slicer does not get (docs/architecture.md): the command line, training, the DICOM node and the headless
+# test bootstrap.
+NOT_INSTALLED = ("LiverTumorSegLib/cli/", "LiverTumorSegLib/training/", "LiverTumorSegLib/node/",
+                 "LiverTumorSegLib/testing/headless_slicer.py", "TNMStagingLib/cli/", "TNMStagingLib/training/")
 
 # The parameterNodeWrapper GUI connectors of Slicer 5.10+ (Base/Python/slicer/parameterNodeWrapper/
 # guiConnectors.py): widget class -> annotation types it can represent.

@@ -13,8 +13,8 @@ import argparse
 from LiverTumorSegLib.cli.common import build_registry_parser, run_parsed
 
 # Command modules of this package, in help order.
-COMMAND_MODULES = ["dicom", "phantom", "preview", "segment", "flr", "train", "evaluate", "demo", "demo_models",
-                   "models"]
+COMMAND_MODULES = ["dicom", "phantom", "preview", "segment", "export_seg", "serve", "flr", "train", "evaluate", "demo",
+                   "demo_models", "models"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,3 +40,12 @@ def read_image(path: Path, what: str) -> sitk.Image:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ValueError(f"{what} {path}: cannot read: {str(error).strip().splitlines()[-1]}") from error
+
+
+def default_model_ids() -> tuple[str | None, str | None]:
+    """The default liver-stage and tumor-stage model ids: the first of each task in the module's manifest."""
+    from LiverTumorSegLib.models.manifest import load_manifest
+
+    models = load_manifest()
+    return (next((m.id for m in models.values() if m.task == "liver"), None),
+            next((m.id for m in models.values() if m.task == "tumor"), None))

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+from LiverTumorSegLib.cli.common import default_model_ids
 from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
 from LiverTumorSegLib.worker.job import SegmentationJob
 from LiverTumorSegLib.worker.runner import EXIT_CANCELLED, JobError
@@ -37,20 +38,20 @@ def _run(args) -> int:
     summary = {"output_dir": str(Path(args.out).resolve()), "liver_volume_ml": round(results["liver_volume_ml"], 1),
                "tumor_volume_ml": round(results["tumor_volume_ml"], 1), "lesions": len(results["lesions"]),
                "models": {k: v and v["id"] for k, v in results["models"].items()}, "device": results["device"],
-               "timings_s": results["timings_s"]}
+               "timings_s": results["timings_s"], "dicom_outputs": results.get("dicom_outputs", [])}
+    if results.get("dicom_outputs_error"):
+        summary["dicom_outputs_error"] = results["dicom_outputs_error"]
     print(json.dumps(summary))
     return 0
 
 
 def register(subparsers) -> None:
-    from LiverTumorSegLib.models.manifest import load_manifest
-
-    models = load_manifest()
-    liver_default = next((m.id for m in models.values() if m.task == "liver"), None)
-    tumor_default = next((m.id for m in models.values() if m.task == "tumor"), None)
+    liver_default, tumor_default = default_model_ids()
     parser = subparsers.add_parser("segment", help="segment liver and tumors of a CT (the cascade)",
                                    description="Liver, then tumors inside the liver, on a DICOM series or an image "
-                                   "file. Writes labels.nrrd, segmentation.seg.nrrd and results.json into --out.")
+                                   "file. Writes labels.nrrd, segmentation.seg.nrrd and results.json into --out, and "
+                                   "for --dicom also segmentation.dcm (DICOM SEG) and report.dcm (DICOM SR, TID 1500 "
+                                   "measurement report) referencing the series, ready to send to a PACS.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dicom", type=Path, help="folder with the CT series (searched recursively)")
     source.add_argument("--image", type=Path, help="CT image file in HU (NRRD, NIfTI, ...)")

@@ -29,6 +29,7 @@ from LiverTumorSegLib.io.dicom_checks import (
     DicomInputError,
     DicomInputWarning,
     SliceGeometry,
+    StackGeometry,
     check_consistency,
     check_gantry_tilt,
     enhanced_frame_geometry,
@@ -40,7 +41,8 @@ from LiverTumorSegLib.io.dicom_checks import (
     stack_geometry,
 )
 
-__all__ = ["DicomInputError", "DicomInputWarning", "SeriesInfo", "load_series", "scan_folder"]
+__all__ = ["DicomInputError", "DicomInputWarning", "SeriesInfo", "load_series", "scan_folder", "series_geometry",
+           "series_headers"]
 
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 DEFER_SIZE = 16384  # bytes: larger elements (the pixel data) are read from the file when first accessed
@@ -77,8 +79,7 @@ def scan_folder(folder: str | Path) -> list[SeriesInfo]:
     ``DicomInputWarning``. Raises ``DicomInputError`` when the folder does not exist or holds no DICOM
     image. Series are sorted by their first file's path.
     """
-    groups = _scan(Path(folder), defer_pixels=False)
-    return sorted((_series_info(uid, members) for uid, members in groups.items()), key=lambda s: s.files[0])
+    return _series_list(_scan(Path(folder), defer_pixels=False))
 
 
 def load_series(
@@ -94,19 +95,10 @@ def load_series(
     """
     folder = Path(folder)
     groups = _scan(folder, defer_pixels=True)  # headers parsed once; pixel data read on first access
-    all_series = sorted(
-        (_series_info(uid, members) for uid, members in groups.items()), key=lambda s: s.files[0]
-    )
-    series = _choose_series(folder, all_series, series_uid)
+    series = _choose_series(folder, _series_list(groups), series_uid)
     where = f"series {series.series_uid} in {folder}"
     members = groups[series.series_uid]
-    slices, rescales = _slice_geometries(members, folder, where)
-    check_consistency(slices, where)
-    check_gantry_tilt(slices, slice_axes(slices[0].orientation, where), where)
-    single_spacing = _single_slice_spacing(slices[0], where) if len(slices) == 1 else None
-    geometry = stack_geometry(slices, where, single_slice_spacing_mm=single_spacing)
-    if not resample_nonuniform:
-        require_uniform(geometry, where)
+    geometry, rescales = series_geometry(members, folder, where, require_uniform_spacing=not resample_nonuniform)
     stacks = [
         _stored_frames(ds, path, where) for path, ds in members
     ]  # pixels read once the geometry is fine
@@ -116,7 +108,7 @@ def load_series(
         volume, slice_spacing = _resample_uniform(volume, geometry.distances_mm, geometry.spacing_mm[2])
         spacing = (*spacing[:2], slice_spacing)
         warnings.warn(
-            f"resampled {where} from {len(slices)} irregularly spaced slices onto {volume.shape[0]} slices "
+            f"resampled {where} from {len(rescales)} irregularly spaced slices onto {volume.shape[0]} slices "
             f"{slice_spacing:.4f} mm apart (linear in HU): {'; '.join(geometry.gaps)}",
             DicomInputWarning,
             stacklevel=2,
@@ -126,6 +118,16 @@ def load_series(
     image.SetSpacing(spacing)
     image.SetDirection(geometry.direction)
     return image
+
+
+def series_headers(folder: str | Path, series_uid: str | None = None) -> list[Dataset]:
+    """The headers (no pixel data; ``filename`` set) of the series ``load_series(folder, series_uid)`` loads, in
+    file order: what a DICOM SEG or SR derived from the loaded volume must reference. Same choice rule, warnings
+    and ``DicomInputError`` as ``load_series``."""
+    folder = Path(folder)
+    groups = _scan(folder, defer_pixels=False)
+    series = _choose_series(folder, _series_list(groups), series_uid)
+    return [ds for _, ds in groups[series.series_uid]]
 
 
 # --- scanning -------------------------------------------------------------------------------------------
@@ -192,6 +194,11 @@ def _read(path: Path, *, defer_pixels: bool) -> Dataset:
     return ds
 
 
+def _series_list(groups: dict[str, list[tuple[Path, Dataset]]]) -> list[SeriesInfo]:
+    """The series of ``_scan``'s groups, sorted by their first file's path."""
+    return sorted((_series_info(uid, members) for uid, members in groups.items()), key=lambda s: s.files[0])
+
+
 def _series_info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
     first = members[0][1]
     return SeriesInfo(
@@ -243,6 +250,23 @@ def _choose_series(folder: Path, all_series: list[SeriesInfo], series_uid: str |
 
 
 # --- reading slices -------------------------------------------------------------------------------------
+
+
+def series_geometry(members: list[tuple[Path, Dataset]], folder: Path, where: str, *,
+                    require_uniform_spacing: bool = True) -> tuple[StackGeometry, list[tuple[int, int, float, float]]]:
+    """The checked 3D geometry of one series' files ``members`` ((path under ``folder``, header) pairs): every
+    slice (one per single-frame file, one per frame of a multi-frame file) on one plane grid, no gantry tilt,
+    no duplicate positions and, with ``require_uniform_spacing``, no gaps. Returns the geometry and, per slice
+    in input order, (file index, frame index, rescale slope, rescale intercept). ``DicomInputError`` (one line,
+    naming ``where`` and the files) otherwise. The loader and the DICOM SEG writer share it."""
+    slices, rescales = _slice_geometries(members, folder, where)
+    check_consistency(slices, where)
+    check_gantry_tilt(slices, slice_axes(slices[0].orientation, where), where)
+    single_spacing = _single_slice_spacing(slices[0], where) if len(slices) == 1 else None
+    geometry = stack_geometry(slices, where, single_slice_spacing_mm=single_spacing)
+    if require_uniform_spacing:
+        require_uniform(geometry, where)
+    return geometry, rescales
 
 
 def _slice_geometries(members: list[tuple[Path, Dataset]], folder: Path, where: str):

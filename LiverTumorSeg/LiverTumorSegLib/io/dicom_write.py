@@ -200,8 +200,10 @@ def _hu_array(image: sitk.Image) -> np.ndarray:
 
 
 def _ds(value: float) -> str:
-    """A decimal string (at most 16 characters) as precise as DICOM allows."""
-    return format_number_as_ds(float(value))
+    """A decimal string (at most 16 characters) as precise as DICOM allows. pydicom rounds e.g.
+    9.999999999999998 up to the 17 characters "10.00000000000000"; that text is formatted once more ("10.0")."""
+    text = format_number_as_ds(float(value))
+    return text if len(text) <= 16 else format_number_as_ds(float(text))
 
 
 def _orientation(image: sitk.Image) -> list[float]:

@@ -20,6 +20,7 @@ WORKER_REQUIREMENTS = {
     "rle": "pylibjpeg-rle>=2.0",
     "scipy": "scipy>=1.11",
     "PIL": "pillow>=10.1",
+    "highdicom": "highdicom>=0.23",  # DICOM SEG and SR of the results (io.dicom_seg, io.dicom_sr)
 }
 
 # The staging worker (TNMStaging) needs the segmentation worker's packages plus these.

@@ -3,8 +3,9 @@
     python -m LiverTumorSegLib.worker JOB.json
 
 Progress goes to stdout, one JSON object per line: ``{"stage", "fraction", "message"}`` with the fraction
-rising monotonically from 0 to 1. Outputs (``labels.nrrd``, ``segmentation.seg.nrrd``, ``results.json``) are
-written into a temporary folder inside OUT and moved into place only when all of them are complete.
+rising monotonically from 0 to 1. Outputs (``labels.nrrd``, ``segmentation.seg.nrrd``, ``results.json`` and, for a
+DICOM input, ``segmentation.dcm`` and ``report.dcm``: ``worker.dicom_outputs``) are written into a temporary folder
+inside OUT and moved into place only when all of them are complete.
 Exit codes: 0 success, 2 bad input, 3 model missing or corrupt, 4 out of memory, 130 cancelled (SIGTERM or
 SIGINT: the worker stops at the next sliding window and removes its partial output), 1 anything else;
 on failure the last stdout line has ``"stage": "error"`` and stderr one line with the reason.
@@ -22,8 +23,10 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from LiverTumorSegLib.core.measurements import LabelmapMeasurements
 from LiverTumorSegLib.core.terminology import segment_specs
 from LiverTumorSegLib.io.seg_nrrd import write_seg_nrrd
+from LiverTumorSegLib.worker.dicom_outputs import DICOM_OUTPUT_FILES, dicom_outputs, save_dicom_outputs
 from LiverTumorSegLib.worker.job import SegmentationJob
 from LiverTumorSegLib.worker.runner import (
     EXIT_BAD_INPUT,
@@ -38,6 +41,11 @@ from LiverTumorSegLib.worker.runner import (
 )
 
 OUTPUT_FILES = ("labels.nrrd", "segmentation.seg.nrrd", "results.json")
+
+
+def output_files(job: SegmentationJob) -> tuple[str, ...]:
+    """What a job may publish: ``OUTPUT_FILES``, and for a DICOM input the DICOM SEG and SR."""
+    return OUTPUT_FILES + DICOM_OUTPUT_FILES if job.dicom is not None else OUTPUT_FILES
 
 
 def load_input(job: SegmentationJob) -> tuple[sitk.Image, dict]:
@@ -99,7 +107,7 @@ def run_job(job: SegmentationJob | dict, emit: Callable[[dict], None], cancel: t
     job = job if isinstance(job, SegmentationJob) else SegmentationJob.from_json(job)
     progress = ProgressReporter(emit)
     out_dir = Path(job.output_dir)
-    check_output_dir(out_dir, OUTPUT_FILES, overwrite=job.overwrite)
+    check_output_dir(out_dir, output_files(job), overwrite=job.overwrite)
     started = time.perf_counter()
     progress("load", 0.0, "reading the CT")
     image, source = load_input(job)
@@ -127,7 +135,9 @@ def run_job(job: SegmentationJob | dict, emit: Callable[[dict], None], cancel: t
     progress("write", 0.92, "writing outputs")
     timings["total_s"] = time.perf_counter() - started  # everything but writing the outputs
     results = _results_document(source, image, result, liver, tumor, timings)
-    _write_outputs(out_dir, result.labels, results, cancel)
+    measurements = LabelmapMeasurements(result.liver_volume_ml, result.liver_volume_ml - result.tumor_volume_ml,
+                                        result.tumor_volume_ml, list(result.lesions))
+    _write_outputs(out_dir, result.labels, results, cancel, dicom_outputs(job, result.labels, measurements, results))
     progress("done", 1.0, f"liver {results['liver_volume_ml']:.0f} mL, {len(results['lesions'])} lesion(s)")
     return results
 
@@ -137,7 +147,7 @@ def _model_info(loaded) -> dict | None:
         return None
     entry = loaded.entry
     return {"id": entry.id, "title": entry.display_name, "demo_only": entry.demo_only, "sha256": entry.sha256,
-            "md5": entry.md5}
+            "md5": entry.md5, "version": entry.extra.get("version")}
 
 
 def _results_document(source, image, result, liver, tumor, timings) -> dict[str, Any]:
@@ -156,13 +166,17 @@ def _results_document(source, image, result, liver, tumor, timings) -> dict[str,
     }
 
 
-def _write_outputs(out_dir: Path, labels: sitk.Image, results: dict, cancel: threading.Event) -> None:
+def _write_outputs(out_dir: Path, labels: sitk.Image, results: dict, cancel: threading.Event,
+                   dicom: dict | None = None) -> None:
+    dicom = dicom or {}
+
     def write(staging: Path) -> None:
         sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt8), str(staging / "labels.nrrd"), useCompression=True)
         write_seg_nrrd(labels, staging / "segmentation.seg.nrrd", segment_specs())
+        save_dicom_outputs(staging, dicom)
         (staging / "results.json").write_text(json.dumps(results, indent=2))
 
-    publish_outputs(out_dir, OUTPUT_FILES, write, cancel)
+    publish_outputs(out_dir, OUTPUT_FILES + tuple(dicom), write, cancel)
 
 
 def main(argv: list[str] | None = None) -> int:
