@@ -19,6 +19,7 @@ from LiverTumorSegLib.io.preview import write_flr_preview
 from LiverTumorSegLib.scene import flr as scene_flr
 from LiverTumorSegLib.scene import segmentations
 from LiverTumorSegLib.scene import volumes as scene_bridge
+from LiverTumorSegLib.scene.roles import find_segment_roles
 from LiverTumorSegLib.synthetic.phantom import make_phantom
 
 # Small phantom (96 x 96 pixels, 5 mm slices): fast inside Slicer and on CI, anatomy still in mm.
@@ -145,7 +146,7 @@ def edited_liver_updates_the_table(scene, work_dir: Path) -> None:
     try:
         planner.update_if_dirty()
         assert len(scheduled) == 1 and not planner.dirty, f"{len(scheduled)} schedules before the edit"
-        liver_id, _ = scene_flr.find_input_segments(segmentation)
+        liver_id = find_segment_roles(segmentation).liver_id
         edited = segmentations.segments_mask(segmentation, [liver_id], volume)
         liver = sitk.GetArrayFromImage(edited)
         top = np.flatnonzero(liver.any(axis=(1, 2)))[-1]
