@@ -151,7 +151,8 @@ def test_worker_fails_with_a_one_line_error(tmp_path, manifest, case, expected_c
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_cancel_stops_the_worker_and_leaves_no_output(tmp_path, manifest):
+def _worker_in_liver_stage(tmp_path, manifest) -> WorkerProcess:
+    """A worker on a CT large enough to be cancelled, started and polled until it reports the liver stage."""
     write_ct(tmp_path / "ct.nrrd", size=(160, 160, 96), spacing=(1.0, 1.0, 1.5))
     process = WorkerProcess({"input": {"image": str(tmp_path / "ct.nrrd")}, "liver_model": "t-liver",
                              "tumor_model": "t-tumor", "device": "cpu", "manifest": str(manifest)},
@@ -163,6 +164,11 @@ def test_cancel_stops_the_worker_and_leaves_no_output(tmp_path, manifest):
         seen_liver = any(event.stage == "liver" for event in process.poll())
         time.sleep(0.05)
     assert seen_liver, "the worker never reached the liver stage"
+    return process
+
+
+def test_cancel_stops_the_worker_and_leaves_no_output(tmp_path, manifest):
+    process = _worker_in_liver_stage(tmp_path, manifest)
     worker_pid = int((tmp_path / "job" / "worker.pid").read_text())
     started = time.monotonic()
     process.cancel(grace_s=10)
@@ -181,14 +187,7 @@ def test_the_cancel_file_alone_stops_the_worker(tmp_path, manifest, monkeypatch)
     from LiverTumorSegLib.worker import process as worker_process
 
     monkeypatch.setattr(worker_process, "_signal", lambda pid, signum: None)
-    write_ct(tmp_path / "ct.nrrd", size=(160, 160, 96), spacing=(1.0, 1.0, 1.5))
-    process = WorkerProcess({"input": {"image": str(tmp_path / "ct.nrrd")}, "liver_model": "t-liver",
-                             "tumor_model": "t-tumor", "device": "cpu", "manifest": str(manifest)},
-                            work_dir=tmp_path / "job")
-    process.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(event.stage == "liver" for event in process.poll()):
-        time.sleep(0.05)
+    process = _worker_in_liver_stage(tmp_path, manifest)
     process.cancel(grace_s=30)
     outcome = process.outcome()
     assert outcome.returncode == 130 and "cancelled" in outcome.error, outcome
