@@ -57,3 +57,13 @@ def test_no_ct_volume_says_why_and_a_non_portal_choice_warns():
     assert choice.best is None and "localizer" in choice.reason and "not CT" in choice.reason
     arterial_only = choose_series([ct("x", "Arterial 3mm"), ct("y", "Nativ 3mm")])
     assert arterial_only.best.series_uid == "x" and "check the phase" in arterial_only.reason
+
+
+def test_picker_rows_start_with_the_choice_and_grey_out_what_cannot_be_loaded():
+    from LiverTumorSegLib.io.series_choice import picker_rows
+
+    rows = picker_rows(choose_series(MULTIPHASE))
+    assert rows[0].series_uid == "6" and rows[0].selectable
+    assert rows[0].cells == ("Portal venous 3mm", "CT", "100", "3", "portal venous")
+    assert {row.series_uid for row in rows if not row.selectable} == {"1", "8"}
+    assert "thin: noisier" in next(row.tooltip for row in rows if row.series_uid == "5")

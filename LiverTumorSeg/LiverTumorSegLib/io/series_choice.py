@@ -169,3 +169,26 @@ def choose_series(candidates: Sequence[SeriesMetadata]) -> SeriesChoice:
     if others:
         reason += f" Also available: {', '.join(others)}."
     return SeriesChoice(best.series, reason, tuple(ranked))
+
+
+@dataclass(frozen=True)
+class PickerRow:
+    """One row of the series picker: the cells (series, modality, slices, thickness, phase), whether it can be
+    loaded, its tooltip (the notes) and the series UID it stands for."""
+
+    series_uid: str
+    cells: tuple[str, str, str, str, str]
+    selectable: bool
+    tooltip: str
+
+
+def picker_rows(choice: SeriesChoice) -> list[PickerRow]:
+    """The picker's rows, best first (the first row is the chosen series when there is one)."""
+    rows = []
+    for item in choice.ranked:
+        series = item.series
+        thickness = "" if series.slice_thickness_mm is None else f"{series.slice_thickness_mm:g}"
+        tooltip = "; ".join([f"{item.phase} ({item.phase_evidence})", *item.notes])
+        rows.append(PickerRow(series.series_uid, (series.label, series.modality, str(series.slice_count), thickness,
+                                                  item.phase), item.key is not None, tooltip))
+    return rows

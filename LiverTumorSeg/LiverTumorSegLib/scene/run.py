@@ -19,7 +19,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from LiverTumorSegLib.core.cancel import Cancelled
-from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
+from LiverTumorSegLib.core.options import MIN_TUMOR_ML
 from LiverTumorSegLib.scene import volumes as scene_bridge
 from LiverTumorSegLib.worker.job import SegmentationJob
 from LiverTumorSegLib.worker.process import ProgressEvent, WorkerProcess
