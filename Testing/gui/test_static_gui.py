@@ -22,8 +22,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["LiverTumorSeg", "TNMStaging"]
-# What Slicer does not get (docs/architecture.md): the command line, training and the headless test bootstrap.
-NOT_INSTALLED = ("LiverTumorSegLib/cli/", "LiverTumorSegLib/training/", "LiverTumorSegLib/testing/headless_slicer.py",
+# What Slicer does not get (docs/architecture.md): the command line, training, the phantoms, the phantom scenarios
+# and the headless test bootstrap.
+NOT_INSTALLED = ("LiverTumorSegLib/cli/", "LiverTumorSegLib/training/", "LiverTumorSegLib/synthetic/",
+                 "LiverTumorSegLib/testing/headless_slicer.py", "LiverTumorSegLib/testing/phantom_scenarios.py",
                  "TNMStagingLib/cli/", "TNMStagingLib/training/")
 
 # The parameterNodeWrapper GUI connectors of Slicer 5.10+ (Base/Python/slicer/parameterNodeWrapper/
@@ -223,3 +225,63 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     result = subprocess.run([ruff, "check", str(REPO)], capture_output=True, text=True, encoding="utf-8", cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_choice_combo_box_shows_readable_labels(module):
+    """A parameter bound to a QComboBox is an enum with a ``label()`` (the parameterNodeWrapper connector shows it),
+    never a bare Choice of raw codes."""
+    import enum
+    import importlib
+
+    fields = parameter_fields(REPO / module / f"{module}.py")
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    sources = {alias.asname or alias.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+               for alias in node.names}
+    widgets = ui_widgets(REPO / module / "Resources" / "UI" / f"{module}.ui")
+    for widget in widgets.values():
+        parameter = next((p.findtext("string") for p in widget.findall("property")
+                          if p.get("name") == "SlicerParameterName"), None)
+        if widget.get("class") != "QComboBox" or parameter is None:
+            continue
+        annotation = fields[parameter]
+        assert annotation in sources, f"{parameter}: {annotation} is not an enum imported by the module file"
+        choices = getattr(importlib.import_module(sources[annotation]), annotation)
+        assert issubclass(choices, enum.Enum), f"{parameter}: {annotation} is not an enum"
+        for member in choices:
+            assert member.label() and member.label() != member.value, f"{annotation}.{member.name} has no label"
+
+
+def test_custom_widgets_are_declared_and_place_widget_has_the_scene():
+    for module in MODULES:
+        ui_path = REPO / module / "Resources" / "UI" / f"{module}.ui"
+        root = ElementTree.parse(ui_path).getroot()
+        declared = {c.findtext("class") for c in root.iter("customwidget")}
+        used = {w.get("class") for w in root.iter("widget")} - {"QLabel", "QPushButton", "QComboBox", "QCheckBox",
+                                                               "QDoubleSpinBox", "QProgressBar", "QPlainTextEdit",
+                                                               "QWidget", "QTableWidget"}
+        assert used <= declared, f"{module}: widgets without a customwidget entry: {used - declared}"
+        connected = {c.findtext("receiver") for c in root.iter("connection")}
+        for name, widget in ui_widgets(ui_path).items():
+            if widget.get("class") == "qSlicerMarkupsPlaceWidget":
+                assert name in connected, f"{name} needs the scene to place markups"
+
+
+def test_license_file_is_apache_2_and_matches_the_declared_licence():
+    """The ExtensionsIndex checks for a LICENSE file at the repository root; pyproject.toml declares the same."""
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_the_minimum_slicer_version_is_stated_wherever_slicer_is_required():
+    """slicer.packaging.pip_ensure and the bundled pydicom 3 need Slicer 5.12: the README, the extension's and the
+    modules' CMake files, both module help texts and the library agree."""
+    sys.path.insert(0, str(REPO / "LiverTumorSeg"))
+    from LiverTumorSegLib.resources import MINIMUM_SLICER_VERSION
+
+    stated = "Slicer 5.12 or later"
+    assert MINIMUM_SLICER_VERSION == (5, 12)
+    for path in ("README.md", "CMakeLists.txt", "LiverTumorSeg/CMakeLists.txt", "TNMStaging/CMakeLists.txt",
+                 "LiverTumorSeg/LiverTumorSeg.py", "TNMStaging/TNMStaging.py", "docs/architecture.md"):
+        assert stated in (REPO / path).read_text(encoding="utf-8").replace("\n", " ").replace("  ", " "), path
