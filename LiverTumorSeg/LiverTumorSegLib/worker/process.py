@@ -36,6 +36,7 @@ from LiverTumorSegLib.resources import LIBRARY_PARENT
 PID_FILE = "worker.pid"
 CANCEL_FILE = "cancel"  # created in the job folder to ask the worker to stop (worker.runner watches it)
 CANCEL_GRACE_S = 10.0
+KILL_WAIT_S = 5.0  # after a forced kill: how long to wait for the processes to be gone
 _STILL_ACTIVE = 259  # Windows GetExitCodeProcess: the process has not ended
 
 
@@ -149,6 +150,11 @@ class WorkerProcess:
         return events
 
     def running(self) -> bool:
+        """Whether the worker runs; after ``cancel()`` until its whole tree has ended (so that ``outcome()`` and
+        the clean-up never wait on a process that is still being stopped)."""
+        return self._launcher_running() or (self._stopper is not None and self._stopper.is_alive())
+
+    def _launcher_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def wait(self, timeout_s: float | None = None, on_progress: Callable[[ProgressEvent], None] | None = None
@@ -169,8 +175,8 @@ class WorkerProcess:
         """How the run ended (waits for the process). A run ended after ``cancel()`` counts as cancelled even when
         it had to be killed (a forced kill has no exit code of its own)."""
         self._process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        if self._reader is not None:  # after a forced kill a stray descendant may hold the pipe: do not wait on it
+            self._reader.join(timeout=0.5 if self._cancel_requested else 5)
         for event in self.poll():
             if on_progress:
                 on_progress(event)
@@ -214,12 +220,15 @@ class WorkerProcess:
         worker_pid = self._worker_pid()
         tree = process_tree([pid for pid in (self._process.pid, worker_pid) if pid is not None])
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (self.running() or any(process_alive(pid) for pid in tree)):
+        while time.monotonic() < deadline and (self._launcher_running() or any(process_alive(pid) for pid in tree)):
             time.sleep(0.05)
         for pid in tree:
             if process_alive(pid):
                 _kill_hard(pid)
         self._process.wait()
+        deadline = time.monotonic() + KILL_WAIT_S  # a killed process takes a moment to go
+        while time.monotonic() < deadline and any(process_alive(pid) for pid in tree):
+            time.sleep(0.02)
         if self._remove_when_ended:
             self.cleanup()
 
