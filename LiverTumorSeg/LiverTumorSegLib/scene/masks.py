@@ -15,6 +15,7 @@ applied). Both give the same voxels on the CT grid.
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 import slicer
 import vtk
 from vtk.util import numpy_support
@@ -82,8 +83,6 @@ class SegmentMaskReader:
         mask = self._read_direct(segment_id)
         if mask is None:
             exported = segmentations.segments_mask(self.segmentation_node, [segment_id], self.reference_volume_node)
-            import SimpleITK as sitk
-
             mask = BoxMask.from_array(sitk.GetArrayViewFromImage(exported))
         self._cache[segment_id] = (key, mask)
         return mask

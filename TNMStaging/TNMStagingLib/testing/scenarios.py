@@ -125,6 +125,13 @@ def stale_results_are_dropped(context: ScenarioContext) -> None:
     assert state.update(inputs(n="N1")) and state.rules is None and state.learned is not None, \
         "a new finding drops the rule stage only"
     state.set_rules(ajcc.stage([30.0], n="N1"), [30.0], inputs(n="N1"))
+    other_segmentation = session.staging_inputs(case.volume, painted_case(context.scene, case.volume).segmentation,
+                                                table, {"n": "N1"})
+    assert state.update(other_segmentation) and state.rows() == [], \
+        "rules applied to another segmentation must not stand beside the old learned stage"
+    state.set_rules(ajcc.stage([30.0], n="N1"), [30.0], inputs(n="N1"))
+    token = state.start_learned(inputs(n="N1"))
+    assert state.finish_learned(token, {"stage": "1", "probabilities": {"1": 1.0}})
     assert state.update(inputs(other_ct, n="N1")) and state.rows() == [], "another CT must clear the table"
     late = state.start_learned(inputs(n="N1"))
     state.update(inputs(other_ct, n="N1"))
