@@ -146,3 +146,16 @@ def test_result_lies_in_the_study_under_the_ct_transform_voxel_for_voxel(mrml_sc
     assert dicom_database.dicom_seg_export_problems(node) == [], "a new segment has Slicer's default (Tissue)"
     bare.SetTerminology("")
     assert dicom_database.dicom_seg_export_problems(node) == ["segment 'no terminology' has no terminology"]
+
+
+def test_hardening_the_regularization_transform_resamples_the_ct(mrml_scene):
+    """Why the result follows the CT's transform instead of being computed on the hardened CT: hardening Slicer's
+    non-linear regularization transform resamples the voxels (another grid, interpolated HU), while a result under
+    the same transform keeps the acquired voxels exactly (the test above)."""
+    labels = _oblique_labels()
+    ct = scene_bridge.volume_node_from_image(sitk.Cast(labels, sitk.sitkInt16) * 50, "CT", scene=mrml_scene)
+    acquired = slicer.util.arrayFromVolume(ct).copy()
+    ct.SetAndObserveTransformNodeID(_transform(mrml_scene, "grid").GetID())
+    ct.HardenTransform()
+    hardened = slicer.util.arrayFromVolume(ct)
+    assert hardened.shape != acquired.shape or not np.array_equal(hardened, acquired)
