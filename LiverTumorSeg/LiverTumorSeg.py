@@ -126,6 +126,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tumorModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
         self.ui.paintedSegmentSelector.connect("currentSegmentChanged(QString)", self._onPaintedSegment)
         self.ui.seriesTableWidget.connect("itemSelectionChanged()", self._onParameterNodeModified)
+        self.ui.flrCollapsibleButton.connect("contentsCollapsed(bool)", self._onParameterNodeModified)
         self.ui.resectionPlanePlaceWidget.placeButton().show()  # the other markups buttons stay hidden
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -230,7 +231,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None:
             return
         self._selectModelItems()
-        if node.usePlane and node.outputSegmentation and not node.resectionPlane:
+        if node.usePlane and node.outputSegmentation and not node.resectionPlane \
+                and not self.ui.flrCollapsibleButton.collapsed:
             self.logic.ensureResectionPlane(node)  # something to place: the place button needs a plane node
             return  # the new plane modified the parameter node, which called this again
         self.ui.resectionPlanePlaceWidget.setCurrentNode(node.resectionPlane)
