@@ -285,3 +285,43 @@ def test_the_minimum_slicer_version_is_stated_wherever_slicer_is_required():
     for path in ("README.md", "CMakeLists.txt", "LiverTumorSeg/CMakeLists.txt", "TNMStaging/CMakeLists.txt",
                  "LiverTumorSeg/LiverTumorSeg.py", "TNMStaging/TNMStaging.py", "docs/architecture.md"):
         assert stated in (REPO / path).read_text(encoding="utf-8").replace("\n", " ").replace("  ", " "), path
+
+
+def _widget_methods(module: str) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    widget = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == f"{module}Widget")
+    return {node.name: node for node in widget.body if isinstance(node, ast.FunctionDef)}
+
+
+def _shows_errors(function: ast.FunctionDef) -> bool:
+    return "tryWithErrorDisplay" in ast.unparse(function)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_one_error_dialog_per_user_action(module):
+    """A handler wrapped in tryWithErrorDisplay never calls another wrapped handler (one error, one dialog), and the
+    live-update callbacks (timers after edits) show errors in the panel, never in a dialog."""
+    methods = _widget_methods(module)
+    for name, function in methods.items():
+        if not _shows_errors(function):
+            continue
+        called = {node.func.attr for node in ast.walk(function) if isinstance(node, ast.Call)
+                  and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+                  and node.func.value.id == "self"}
+        nested = sorted(other for other in called & set(methods) if _shows_errors(methods[other]))
+        assert not nested, f"{module}.{name} calls {nested}, which show their own error dialogs"
+    for name in ("_updateMeasurements", "_updateFlr", "_refreshResult"):
+        if name in methods:
+            assert not _shows_errors(methods[name]) and "errorDisplay" not in ast.unparse(methods[name]), name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_run_callbacks_work_while_the_module_is_hidden(module):
+    """A background run can end while the user is in another module: what it calls when it finishes goes through
+    the logic's parameter node, and exit() keeps the widget's parameter node (as the module template does)."""
+    methods = _widget_methods(module)
+    finished = [name for name in methods if name.endswith("Finished")]
+    assert finished
+    for name in finished:
+        assert "self._parameterNode" not in ast.unparse(methods[name]), f"{name} uses the widget's parameter node"
+    assert "setParameterNode(None)" not in ast.unparse(methods["exit"])

@@ -60,3 +60,16 @@ def test_the_self_test_skips_model_scenarios_without_torch_and_installs_nothing(
     assert reports[0].startswith("PyTorch is not installed") and "cancel_returns_at_once_and_leaves_nothing" in reports[0]
     assert reports[1:] == ["window_presets passed", "segment_roles_everywhere passed"]
     headless_slicer.new_scene()
+
+
+def test_the_self_test_installs_the_dependencies_before_model_scenarios_when_torch_is_there(slicer_app, monkeypatch):
+    from LiverTumorSegLib.testing import headless_slicer
+
+    ran = []
+    monkeypatch.setattr(seg_scenarios, "torch_available", lambda: True)
+    fake = {"model scenario": seg_scenarios.Scenario(lambda context: ran.append("model"), needs_models=True)}
+    installs = []
+    seg_scenarios.run_self_test(fake, lambda name, scene, work_dir, load_ct: fake[name].function(None),
+                                ensure_dependencies=lambda: installs.append(len(ran)), set_up=headless_slicer.new_scene,
+                                report=lambda message: None, load_ct=phantom_scenarios.phantom_ct_loader())
+    assert installs == [0] and ran == ["model"], "dependencies must be installed before the model scenarios run"
