@@ -1,8 +1,9 @@
-"""LiverTumorSeg: liver and liver tumor segmentation of contrast CT (3D Slicer scripted module).
+"""LiverTumorSeg: liver and liver tumor segmentation of contrast CT (3D Slicer scripted module, Slicer 5.12+).
 
-This file is the thin GUI layer: the module description, the widget (bound to a parameter node), a
-logic class usable from Slicer's Python console, and the self-test class. Every decision lives in
-``LiverTumorSegLib`` (compute core and scene bridge), which the headless test suite runs without Qt.
+This file is the thin GUI layer: the module description, the widget (bound to a parameter node), a logic class
+usable from Slicer's Python console, and the self-test class. Every decision lives in ``LiverTumorSegLib`` (compute
+core and scene bridge), which the headless test suite runs without Qt. Importing this file at Slicer start-up loads
+nothing heavy: the library is imported when the module is first shown or used.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -25,16 +26,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
-from LiverTumorSegLib.core.hu_windows import load_presets, model_input_window
-from LiverTumorSegLib.gui.polling import RunPoller
-from LiverTumorSegLib.models.manifest import load_manifest
-from LiverTumorSegLib.scene import input as scene_input
-from LiverTumorSegLib.testing import scenarios
-from LiverTumorSegLib.worker import dependencies
-
-NO_TUMOR_MODEL = ""
-DEBOUNCE_MS = 300
+from LiverTumorSegLib.core.options import MIN_TUMOR_ML, Device, LiverCondition
 
 
 class LiverTumorSeg(ScriptedLoadableModule):
@@ -47,10 +39,12 @@ class LiverTumorSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LiverTumorAnalysis team"]
         self.parent.helpText = _(
-            "Load a contrast-enhanced abdominal CT, press Run and get Liver and Liver tumor segments from a "
-            "two-stage SegResNet cascade computed in a background process. Correct them with Segment Editor: the "
-            "measurements and the future liver remnant follow the edits. Models marked DEMO ONLY are trained on "
-            "synthetic phantoms. Research use only; not a medical device."
+            "Import a contrast-enhanced abdominal CT into Slicer's DICOM database (the portal-venous series is "
+            "preselected) or select any loaded CT, press Run and get Liver and Liver tumor segments from a two-stage "
+            "SegResNet cascade computed in a background process. Correct them with Segment Editor: the measurements "
+            "and the future liver remnant follow the edits; every segment named or coded as a tumor counts. Models "
+            "marked DEMO ONLY are trained on synthetic phantoms. Requires 3D Slicer 5.12 or later. Research use "
+            "only; not a medical device."
         )
         self.parent.acknowledgementText = _(
             "Built on 3D Slicer, MONAI, SimpleITK and pydicom. Segmentation recipe after a two-stage SegResNet "
@@ -60,13 +54,13 @@ class LiverTumorSeg(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class LiverTumorSegParameterNode:
-    """GUI state, saved with the scene."""
+    """GUI state, saved with the scene. Empty model ids mean "not chosen": the default models of the manifest."""
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     dicomFolder: pathlib.Path
     liverModelId: str = ""
     tumorModelId: str = ""
-    device: Annotated[str, Choice(["auto", "cpu"])] = "auto"
+    device: Device = Device.auto
     minTumorMl: Annotated[float, WithinRange(0.0, 100.0)] = MIN_TUMOR_ML
     perLesionSegments: bool = False
     outputSegmentation: slicer.vtkMRMLSegmentationNode
@@ -77,15 +71,17 @@ class LiverTumorSegParameterNode:
     useMargin: bool = False
     marginMm: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
     usePainted: bool = False
+    paintedSegmentId: str = ""
     dropDisconnected: bool = False
     heightCm: Annotated[float, WithinRange(0.0, 250.0)] = 0.0
     weightKg: Annotated[float, WithinRange(0.0, 400.0)] = 0.0
-    liverCondition: Annotated[str, Choice(["normal", "chemotherapy", "cirrhosis"])] = "normal"
+    liverCondition: LiverCondition = LiverCondition.normal
     liveFlr: bool = True
 
 
 class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Thin widget: reads the GUI through the parameter node and calls the logic."""
+    """Thin widget: reads the GUI through the parameter node and calls the logic; live updates, runs and DICOM
+    imports are objects of the library that it only wires to Qt."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -94,10 +90,14 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._runPoller = None
-        self._measurementsUpdater = None
-        self._flrPlanner = None
+        self._live = None
+        self._dicomImport = None
+        self._seriesUIDs: list[str] = []
 
     def setup(self) -> None:
+        from LiverTumorSegLib.gui.dicom import DicomFolderImport
+        from LiverTumorSegLib.gui.polling import RunPoller
+
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/LiverTumorSeg.ui"))
         self.layout.addWidget(uiWidget)
@@ -108,33 +108,44 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runPoller = RunPoller(self.ui.progressBar, self.ui.progressLabel, _("Segmentation failed"),
                                     onFinished=self._onSegmentationFinished, onEnded=self._onParameterNodeModified,
                                     onLogLine=self.ui.logTextEdit.appendPlainText)
-        self._measurementsTimer = self._singleShotTimer(self._updateMeasurements)
-        self._flrTimer = self._singleShotTimer(self._updateFlrIfDirty)
+        self._timers = {kind: self._singleShotTimer(callback) for kind, callback in
+                        (("measurements", self._updateMeasurements), ("flr", self._updateFlr))}
+        self._live = self.logic.liveUpdates(lambda kind, delayMs: self._timers[kind].start(delayMs))
+        self._dicomImport = DicomFolderImport(self._onDicomProgress, self._onDicomImported)
 
         self._createWindowPresetButtons()
         self._fillModelComboBoxes()
-        self.ui.loadDicomButton.connect("clicked(bool)", self.onLoadDicomButton)
+        self.ui.importDicomButton.connect("clicked(bool)", self.onImportDicom)
+        self.ui.loadSeriesButton.connect("clicked(bool)", self.onLoadSeries)
         self.ui.modelInputPreviewButton.connect("clicked(bool)", self.onModelInputPreview)
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
         self.ui.addHuRangeButton.connect("clicked(bool)", self.onAddHuRangeSegment)
         self.ui.computeFlrButton.connect("clicked(bool)", self.onComputeFlr)
+        self.ui.flipPlaneButton.connect("clicked(bool)", self.onFlipPlane)
         self.ui.liverModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
         self.ui.tumorModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
+        self.ui.paintedSegmentSelector.connect("currentSegmentChanged(QString)", self._onPaintedSegment)
+        self.ui.seriesTableWidget.connect("itemSelectionChanged()", self._onParameterNodeModified)
+        self.ui.flrCollapsibleButton.connect("contentsCollapsed(bool)", self._onParameterNodeModified)
+        self.ui.resectionPlanePlaceWidget.placeButton().show()  # the other markups buttons stay hidden
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        if not self.logic.slicerSupported():
+            self.ui.statusLabel.text = _("This module needs 3D Slicer 5.12 or later.")
         self.initializeParameterNode()
 
     @staticmethod
     def _singleShotTimer(callback):
         timer = qt.QTimer()
         timer.setSingleShot(True)
-        timer.setInterval(DEBOUNCE_MS)
         timer.connect("timeout()", callback)
         return timer
 
     def _createWindowPresetButtons(self) -> None:
         """One button per HU window preset; the presets are data (Resources/hu_window_presets.json)."""
+        from LiverTumorSegLib.core.hu_windows import load_presets
+
         layout = self.ui.windowPresetButtonsFrame.layout()
         for preset in load_presets().values():
             button = qt.QPushButton(preset.label)
@@ -144,20 +155,16 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             layout.addWidget(button)
 
     def _fillModelComboBoxes(self) -> None:
-        """Models from the manifest; the user data of each item is the model id."""
-        self.ui.liverModelComboBox.clear()
-        self.ui.tumorModelComboBox.clear()
-        for entry in load_manifest().values():
-            if entry.task in ("liver", "multi-organ"):
-                self.ui.liverModelComboBox.addItem(entry.display_name, entry.id)
-            elif entry.task == "tumor":
-                self.ui.tumorModelComboBox.addItem(entry.display_name, entry.id)
-        self.ui.tumorModelComboBox.addItem(_("None (liver only)"), NO_TUMOR_MODEL)
+        """Models of the manifest; the user data of each item is the model id ("none": liver only)."""
+        for comboBox, stage in ((self.ui.liverModelComboBox, "liver"), (self.ui.tumorModelComboBox, "tumor")):
+            comboBox.clear()
+            for choice in self.logic.modelChoices(stage):
+                comboBox.addItem(choice.label, choice.id)
 
     def cleanup(self) -> None:
-        self._stopLiveUpdates()
-        if self._runPoller is not None:
-            self._runPoller.stop()
+        self._runPoller.stop()
+        self._live.stop()
+        self._dicomImport.cancel()
         self.removeObservers()
 
     def onReload(self) -> None:
@@ -175,9 +182,11 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._syncLive(visible=False)  # no edit observers while the module is hidden
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopLiveUpdates()
+        self._runPoller.stop(_("The scene was closed: the segmentation was cancelled."))
+        self._live.stop()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -199,47 +208,109 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._selectModelItems()
             self._onParameterNodeModified()
 
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        running = self._runPoller.running
+        if node is not None and running:
+            self._runPoller.abandonIfStale(node.inputVolume)  # another CT selected: the old run imports nothing
+            running = self._runPoller.running
+        hasVolume = bool(node and node.inputVolume)
+        hasSegmentation = bool(node and node.outputSegmentation)
+        self.ui.windowPresetButtonsFrame.enabled = hasVolume
+        self.ui.modelInputPreviewButton.enabled = hasVolume
+        self.ui.importDicomButton.enabled = bool(node) and self.logic.isFolder(node.dicomFolder) \
+            and not self._dicomImport.running
+        self.ui.loadSeriesButton.enabled = self.ui.seriesTableWidget.currentRow() >= 0
+        self.ui.runButton.enabled = running or hasVolume
+        self.ui.runButton.text = _("Cancel") if running else _("Run")
+        self.ui.addHuRangeButton.enabled = hasSegmentation and hasVolume
+        self.ui.computeFlrButton.enabled = hasSegmentation and hasVolume
+        self.ui.flipPlaneButton.enabled = bool(node and node.resectionPlane)
+        if node is None:
+            return
+        self._selectModelItems()
+        if node.usePlane and node.outputSegmentation and not node.resectionPlane \
+                and not self.ui.flrCollapsibleButton.collapsed:
+            self.logic.ensureResectionPlane(node)  # something to place: the place button needs a plane node
+            return  # the new plane modified the parameter node, which called this again
+        self.ui.resectionPlanePlaceWidget.setCurrentNode(node.resectionPlane)
+        self.ui.paintedSegmentSelector.blockSignals(True)
+        self.ui.paintedSegmentSelector.setCurrentNode(node.outputSegmentation)
+        self.ui.paintedSegmentSelector.setCurrentSegmentID(node.paintedSegmentId)
+        self.ui.paintedSegmentSelector.blockSignals(False)
+        self._syncLive()
+
+    def _syncLive(self, visible: bool | None = None) -> None:
+        if self._parameterNode is None:
+            self._live.stop()
+            return
+        visible = self.parent.isEntered if visible is None else visible
+        self._live.sync(self.logic.liveSettings(self._parameterNode, visible=visible))
+
     def _selectModelItems(self) -> None:
-        for comboBox, modelId in ((self.ui.liverModelComboBox, self._parameterNode.liverModelId),
-                                  (self.ui.tumorModelComboBox, self._parameterNode.tumorModelId)):
-            index = comboBox.findData(modelId)
-            if index >= 0:
-                comboBox.currentIndex = index
-        self._onModelChoice()
+        liverId, tumorId = self.logic.modelIds(self._parameterNode)
+        for comboBox, modelId in ((self.ui.liverModelComboBox, liverId), (self.ui.tumorModelComboBox, tumorId)):
+            comboBox.blockSignals(True)
+            comboBox.currentIndex = max(comboBox.findData(modelId), 0)
+            comboBox.blockSignals(False)
 
     def _onModelChoice(self, _index=None) -> None:
         if self._parameterNode:
             self._parameterNode.liverModelId = self.ui.liverModelComboBox.currentData or ""
             self._parameterNode.tumorModelId = self.ui.tumorModelComboBox.currentData or ""
 
-    def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        node = self._parameterNode
-        hasVolume = bool(node and node.inputVolume)
-        running = self._runPoller is not None and self._runPoller.running
-        self.ui.windowPresetButtonsFrame.enabled = hasVolume
-        self.ui.modelInputPreviewButton.enabled = hasVolume
-        folder = node.dicomFolder if node else None
-        self.ui.loadDicomButton.enabled = bool(folder and str(folder) not in ("", ".") and folder.is_dir())
-        self.ui.runButton.enabled = running or (hasVolume and bool(node.liverModelId))
-        self.ui.runButton.text = _("Cancel") if running else _("Run")
-        hasSegmentation = bool(node and node.outputSegmentation)
-        self.ui.addHuRangeButton.enabled = hasSegmentation and hasVolume
-        self.ui.computeFlrButton.enabled = hasSegmentation and hasVolume
-        self._refreshPaintedSegments()
-        self._syncLiveUpdates()
+    def _onPaintedSegment(self, segmentId) -> None:
+        if self._parameterNode:
+            self._parameterNode.paintedSegmentId = segmentId or ""
 
     # --- input and display -------------------------------------------------------------------------
-    def onLoadDicomButton(self) -> None:
-        folder = self._parameterNode.dicomFolder
+    def onImportDicom(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to import the DICOM folder."), waitCursor=False):
+            self.ui.seriesTableWidget.setRowCount(0)
+            self.ui.seriesReasonLabel.text = ""
+            self.ui.dicomProgressBar.visible = True
+            self._dicomImport.start(self._parameterNode.dicomFolder)
+            self._onParameterNodeModified()
+
+    def _onDicomProgress(self, percent, text) -> None:
+        if percent is not None:
+            self.ui.dicomProgressBar.value = percent
+        if text:
+            self.ui.statusLabel.text = text
+
+    def _onDicomImported(self, seriesUIDs) -> None:
+        self.ui.dicomProgressBar.visible = False
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the series of the DICOM folder."), waitCursor=True):
+            choice = self.logic.dicomSeriesChoice(seriesUIDs)
+            rows = self.logic.seriesPickerRows(choice)
+            table = self.ui.seriesTableWidget
+            table.setRowCount(len(rows))
+            self._seriesUIDs = [row.series_uid for row in rows]
+            for rowIndex, row in enumerate(rows):
+                for column, text in enumerate(row.cells):
+                    item = qt.QTableWidgetItem(text)
+                    item.setToolTip(row.tooltip)
+                    if not row.selectable:
+                        item.setFlags(qt.Qt.NoItemFlags)
+                    table.setItem(rowIndex, column, item)
+            table.resizeColumnsToContents()
+            if rows and rows[0].selectable:
+                table.selectRow(0)
+            self.ui.seriesReasonLabel.text = choice.reason
+            self.ui.statusLabel.text = ""
+        self._onParameterNodeModified()
+
+    def onLoadSeries(self) -> None:
+        row = self.ui.seriesTableWidget.currentRow()
+        if row < 0 or row >= len(self._seriesUIDs):
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to load the DICOM series."), waitCursor=True):
-            volumeNode, messages = self.logic.loadDicomFolder(folder)
+            volumeNode = self.logic.loadDicomSeries(self._seriesUIDs[row], onProgress=self._onDicomProgress)
             self._parameterNode.inputVolume = volumeNode
             slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
-            self.ui.statusLabel.text = "\n".join(messages) if messages else _("Loaded {name}.").format(
-                name=volumeNode.GetName())
+            self.ui.statusLabel.text = _("Loaded {name}.").format(name=volumeNode.GetName())
 
     def onWindowPreset(self, presetId: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to apply the window."), waitCursor=False):
@@ -247,55 +318,34 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelInputPreview(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("This model has no HU input window to preview."), waitCursor=False):
-            self.logic.applyModelInputWindow(self._parameterNode.inputVolume, self._parameterNode.liverModelId)
+            self.logic.applyModelInputWindow(self._parameterNode.inputVolume, self.logic.modelIds(self._parameterNode)[0])
 
     # --- segmentation run --------------------------------------------------------------------------
     def onRunButton(self) -> None:
         if self._runPoller.running:
-            self._runPoller.cancel()
+            self._runPoller.cancel()  # returns at once; the poll reports the end
             return
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
             self.ui.logTextEdit.clear()
-            self._runPoller.start(self.logic.startSegmentation(
-                node.inputVolume, node.liverModelId, node.tumorModelId or None, device=node.device,
-                minTumorMl=node.minTumorMl, perLesionSegments=node.perLesionSegments))
+            self._runPoller.start(self.logic.startSegmentationFromParameters(node))
             self._onParameterNodeModified()
 
     def _onSegmentationFinished(self, segmentationNode) -> None:
-        self._parameterNode.outputSegmentation = segmentationNode
+        # the logic's parameter node: the widget's may be disconnected while the module is hidden
+        self.logic.getParameterNode().outputSegmentation = segmentationNode
         self.ui.progressLabel.text = _("Done: {name}").format(name=segmentationNode.GetName())
 
     # --- measurements ------------------------------------------------------------------------------
-    def _syncLiveUpdates(self) -> None:
-        """Keep the measurements (and, when asked, the FLR) following the selected segmentation."""
-        node = self._parameterNode
-        segmentation = node.outputSegmentation if node else None
-        volume = node.inputVolume if node else None
-        if self._measurementsUpdater is None or self._measurementsUpdater.segmentation_node is not segmentation:
-            self._stopLiveUpdates()
-            if segmentation is not None and volume is not None:
-                self._measurementsUpdater = self.logic.measurementsUpdater(segmentation, volume,
-                                                                           self._measurementsTimer.start)
-                self._updateMeasurements()
-        if self._flrPlanner is not None:
-            self._flrPlanner.set_plane_nodes([node.resectionPlane] if node.usePlane and node.resectionPlane else [])
-            self._flrPlanner.set_parameters(**self.logic.flrParameters(node, self._paintedSegmentId()))
-
-    def _stopLiveUpdates(self) -> None:
-        for updater in (self._measurementsUpdater, self._flrPlanner):
-            if updater is not None:
-                updater.remove_observers()
-        self._measurementsUpdater = self._flrPlanner = None
-
     def _updateMeasurements(self) -> None:
-        if self._measurementsUpdater is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to update the measurements."), waitCursor=False):
-            self._measurementsUpdater.update_if_dirty()
-            self.ui.measurementsTableView.setMRMLTableNode(self._measurementsUpdater.table_node)
+        report = self._live.update_measurements()
+        if report.table_node is not None:
+            self.ui.measurementsTableView.setMRMLTableNode(report.table_node)
+        self.ui.liveStatusLabel.text = report.error or ""
+        if report.new_error:
+            logging.warning(f"LiverTumorSeg measurements: {report.error}")
 
     def onAddHuRangeSegment(self) -> None:
         node = self._parameterNode
@@ -303,41 +353,20 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.addHuRangeSegment(node.outputSegmentation, node.inputVolume, node.huLowerHu, node.huUpperHu)
 
     # --- resection planning ------------------------------------------------------------------------
-    def _refreshPaintedSegments(self) -> None:
-        comboBox = self.ui.paintedSegmentComboBox
-        current = comboBox.currentData
-        comboBox.blockSignals(True)
-        comboBox.clear()
-        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
-        if segmentation is not None:
-            for segmentId in segmentation.GetSegmentation().GetSegmentIDs():
-                comboBox.addItem(segmentation.GetSegmentation().GetSegment(segmentId).GetName(), segmentId)
-        index = comboBox.findData(current)
-        comboBox.currentIndex = max(index, 0)
-        comboBox.blockSignals(False)
-
-    def _paintedSegmentId(self):
-        return self.ui.paintedSegmentComboBox.currentData if self._parameterNode.usePainted else None
-
     def onComputeFlr(self) -> None:
-        node = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Cannot compute the future liver remnant."), waitCursor=True):
-            if self._flrPlanner is None:
-                self._flrPlanner = self.logic.flrPlanner(node, self._paintedSegmentId(), self._flrTimer.start,
-                                                         observe=node.liveFlr)
-            result = self._flrPlanner.update()
-            self._showFlr(result)
+            self._showFlr(self.logic.computeFlr(self._live, self._parameterNode))
 
-    def _updateFlrIfDirty(self) -> None:
-        if self._flrPlanner is None or not self._parameterNode.liveFlr:
-            return
-        try:
-            result = self._flrPlanner.update_if_dirty()
-        except ValueError as error:  # e.g. the liver segment was deleted while editing
-            self.ui.flrStatusLabel.text = str(error)
-            return
-        if result is not None:
-            self._showFlr(result)
+    def onFlipPlane(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot flip the resection plane."), waitCursor=False):
+            self.logic.flipResectionPlane(self._parameterNode.resectionPlane)
+
+    def _updateFlr(self) -> None:
+        report = self.logic.updateLiveFlr(self._live, self.logic.getParameterNode())
+        if report.error is not None:
+            self.ui.flrStatusLabel.text = report.error
+        elif report.flr is not None:
+            self._showFlr(report.flr)
 
     def _showFlr(self, result) -> None:
         figures = result.result.figures.to_dict()
@@ -352,23 +381,85 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     Example::
 
         logic = LiverTumorSegLogic()
-        volumeNode, messages = logic.loadDicomFolder("/data/patient01")
+        seriesUIDs = logic.importDicomFolder("/data/patient01")
+        volumeNode = logic.loadDicomSeries(logic.dicomSeriesChoice(seriesUIDs).best.series_uid)
         segmentationNode = logic.process(volumeNode, "demo-liver-segresnet", "demo-tumor-segresnet", wait=True)
     """
 
     def getParameterNode(self):
         return LiverTumorSegParameterNode(super().getParameterNode())
 
-    def loadDicomFolder(self, folder, seriesUID: str | None = None):
-        """Load one CT series of ``folder`` as a volume node (HU); returns (node, warning messages)."""
-        return scene_input.load_dicom_volume(folder, seriesUID, scene=slicer.mrmlScene)
+    @staticmethod
+    def slicerSupported() -> bool:
+        from LiverTumorSegLib.resources import MINIMUM_SLICER_VERSION
+
+        return (slicer.app.majorVersion, slicer.app.minorVersion) >= MINIMUM_SLICER_VERSION
+
+    @staticmethod
+    def isFolder(path) -> bool:
+        return bool(path) and str(path) not in ("", ".") and pathlib.Path(path).is_dir()
+
+    # --- models ---
+    @staticmethod
+    def modelChoices(stage: str):
+        """The items of the liver or tumor model combo box (``models.selection.model_choices``)."""
+        from LiverTumorSegLib.models.manifest import load_manifest
+        from LiverTumorSegLib.models.selection import model_choices
+
+        return model_choices(load_manifest(), stage)
+
+    @staticmethod
+    def modelIds(parameterNode) -> tuple[str, str]:
+        """(liver model id, tumor model id or "none") to use: the stored choice, else the manifest's default."""
+        from LiverTumorSegLib.models.manifest import load_manifest
+        from LiverTumorSegLib.models.selection import resolve_model_id
+
+        manifest = load_manifest()
+        return (resolve_model_id(parameterNode.liverModelId, manifest, "liver"),
+                resolve_model_id(parameterNode.tumorModelId, manifest, "tumor"))
+
+    # --- DICOM ---
+    def importDicomFolder(self, folder) -> list[str]:
+        """Import ``folder`` into Slicer's DICOM database (blocking; the widget imports in the background) and
+        return the UIDs of its series."""
+        from DICOMLib import DICOMUtils
+
+        from LiverTumorSegLib.gui.dicom import openDicomDatabase
+        from LiverTumorSegLib.scene.dicom_database import series_in_folder
+
+        database = openDicomDatabase()
+        DICOMUtils.importDicom(str(folder), database)
+        return series_in_folder(database, folder)
+
+    def dicomSeriesChoice(self, seriesUIDs):
+        """The series to segment among ``seriesUIDs`` of the DICOM database and why (``io.series_choice``)."""
+        from LiverTumorSegLib.gui.dicom import openDicomDatabase
+        from LiverTumorSegLib.scene.dicom_database import choose_from_database
+
+        return choose_from_database(openDicomDatabase(), seriesUIDs)
+
+    @staticmethod
+    def seriesPickerRows(choice):
+        from LiverTumorSegLib.io.series_choice import picker_rows
+
+        return picker_rows(choice)
+
+    def loadDicomSeries(self, seriesUID: str, onProgress=None):
+        """Load one series with Slicer's DICOM plugins (UIDs, patient/study, regularization); the volume node."""
+        from LiverTumorSegLib.gui.dicom import loadSeries
+
+        return loadSeries(seriesUID, onProgress)
 
     def applyWindowPreset(self, volumeNode, presetId: str) -> None:
         """Apply the HU window preset ``presetId`` (ids in Resources/hu_window_presets.json)."""
+        from LiverTumorSegLib.scene import input as scene_input
+
         scene_input.apply_window_preset(volumeNode, presetId)
 
     def applyModelInputWindow(self, volumeNode, modelId: str) -> None:
         """Window the CT to the input range of ``modelId`` (how the model sees the intensities)."""
+        from LiverTumorSegLib.core.hu_windows import model_input_window
+        from LiverTumorSegLib.models.manifest import load_manifest
         from LiverTumorSegLib.scene import volumes as scene
 
         window = model_input_window(load_manifest()[modelId].intensity)
@@ -376,11 +467,22 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"model {modelId} normalizes intensities per image; it has no fixed HU window")
         scene.apply_hu_window(volumeNode, window)
 
-    def ensureDependencies(self, askUser: bool = True) -> bool:
-        """Install what the segmentation worker needs, after asking (see ``ensurePythonPackages``)."""
+    # --- segmentation ---
+    def ensureDependencies(self, askUser: bool = True, inTesting: bool = False) -> bool:
+        """Install torch (PyTorchUtils) and Resources/requirements.txt (pip_ensure) after asking."""
         from LiverTumorSegLib.gui.dependencies import ensurePythonPackages
+        from LiverTumorSegLib.resources import REQUIREMENTS_FILE
 
-        return ensurePythonPackages(dependencies.WORKER_REQUIREMENTS, _("Liver segmentation"), askUser)
+        return ensurePythonPackages([REQUIREMENTS_FILE], _("Liver segmentation"), askUser, inTesting)
+
+    def startSegmentationFromParameters(self, parameterNode, launcher=None):
+        """Start the run the panel describes: its CT, models (defaults when not chosen) and options."""
+        from LiverTumorSegLib.models.selection import tumor_model_or_none
+
+        liverId, tumorId = self.modelIds(parameterNode)
+        return self.startSegmentation(parameterNode.inputVolume, liverId, tumor_model_or_none(tumorId),
+                                      device=parameterNode.device.value, minTumorMl=parameterNode.minTumorMl,
+                                      perLesionSegments=parameterNode.perLesionSegments, launcher=launcher)
 
     def startSegmentation(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
                           minTumorMl: float = MIN_TUMOR_ML, perLesionSegments: bool = False, launcher=None):
@@ -405,51 +507,88 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
                               per_lesion_segments=options.get("perLesionSegments", False))
         return run.run_blocking(on_progress=lambda event: logging.info(f"{event.stage}: {event.message}"))
 
-    def measurementsUpdater(self, segmentationNode, volumeNode, scheduleUpdate):
-        from LiverTumorSegLib.scene.results import MeasurementsUpdater
+    # --- measurements and FLR ---
+    @staticmethod
+    def liveUpdates(schedule=None):
+        """The live measurements and FLR of one panel (``scene.live.LiveUpdates``)."""
+        from LiverTumorSegLib.scene.live import LiveUpdates
 
-        return MeasurementsUpdater(segmentationNode, volumeNode, schedule_update=scheduleUpdate)
+        return LiveUpdates(schedule)
+
+    @staticmethod
+    def flrParameters(parameterNode) -> dict:
+        """The FLR parameters of the panel (``scene.flr.FLRParameters`` fields)."""
+        return {
+            "resection_segment_id": (parameterNode.paintedSegmentId or None) if parameterNode.usePainted else None,
+            "margin_mm": parameterNode.marginMm if parameterNode.useMargin else None,
+            "drop_disconnected": parameterNode.dropDisconnected,
+            "height_cm": parameterNode.heightCm or None,
+            "weight_kg": parameterNode.weightKg or None,
+            "condition": parameterNode.liverCondition.value,
+        }
+
+    def liveSettings(self, parameterNode, visible: bool = True):
+        """What the live updates follow (``scene.live.LiveSettings``) from the panel's parameters."""
+        from LiverTumorSegLib.scene.live import LiveSettings
+
+        planes = (parameterNode.resectionPlane,) if parameterNode.usePlane and parameterNode.resectionPlane else ()
+        return LiveSettings(parameterNode.outputSegmentation, parameterNode.inputVolume, visible=visible,
+                            live_flr=parameterNode.liveFlr, plane_nodes=planes,
+                            flr_parameters=self.flrParameters(parameterNode))
+
+    def computeFlr(self, liveUpdates, parameterNode):
+        """The "Compute FLR" button: compute now; an FLR output the user edited becomes the painted segment."""
+        liveUpdates.sync(self.liveSettings(parameterNode, visible=liveUpdates.settings.visible))
+        result = liveUpdates.compute_flr()
+        self._takeReleased(parameterNode, result)
+        return result
+
+    def updateLiveFlr(self, liveUpdates, parameterNode):
+        """A live FLR update after an edit (``scene.live.LiveReport``), released outputs taken as painted."""
+        report = liveUpdates.update_flr()
+        if report.flr is not None:
+            self._takeReleased(parameterNode, report.flr)
+        return report
+
+    @staticmethod
+    def _takeReleased(parameterNode, result) -> None:
+        if result.released:
+            parameterNode.paintedSegmentId = result.released[-1][1]
+            parameterNode.usePainted = True
+
+    @staticmethod
+    def ensureResectionPlane(parameterNode):
+        """The resection plane of the panel; an empty "Resection plane" markups node (to place) when there is none."""
+        if parameterNode.resectionPlane is None:
+            parameterNode.resectionPlane = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode",
+                                                                             _("Resection plane"))
+        return parameterNode.resectionPlane
+
+    @staticmethod
+    def flipResectionPlane(planeNode) -> None:
+        from LiverTumorSegLib.scene.flr import flip_plane_normal
+
+        flip_plane_normal(planeNode)
 
     def addHuRangeSegment(self, segmentationNode, volumeNode, lowerHu: float, upperHu: float) -> str:
         from LiverTumorSegLib.scene.results import add_hu_range_segment
 
         return add_hu_range_segment(segmentationNode, volumeNode, lowerHu, upperHu)
 
-    @staticmethod
-    def flrParameters(parameterNode, paintedSegmentId=None) -> dict:
-        return {
-            "resection_segment_id": paintedSegmentId,
-            "margin_mm": parameterNode.marginMm if parameterNode.useMargin else None,
-            "drop_disconnected": parameterNode.dropDisconnected,
-            "height_cm": parameterNode.heightCm or None,
-            "weight_kg": parameterNode.weightKg or None,
-            "condition": parameterNode.liverCondition,
-        }
-
-    def flrPlanner(self, parameterNode, paintedSegmentId, scheduleUpdate, observe: bool = True):
-        from LiverTumorSegLib.scene.flr import FLRPlanner
-
-        planes = [parameterNode.resectionPlane] if parameterNode.usePlane and parameterNode.resectionPlane else []
-        return FLRPlanner(parameterNode.outputSegmentation, parameterNode.inputVolume, schedule_update=scheduleUpdate,
-                          plane_nodes=planes, observe=observe, **self.flrParameters(parameterNode, paintedSegmentId))
-
 
 class LiverTumorSegTest(ScriptedLoadableModuleTest):
-    """Self-tests: the scenario functions of LiverTumorSegLib.testing.scenarios, also run by pytest headless."""
+    """Self-tests: the scenarios of LiverTumorSegLib.testing.scenarios on SampleData's CTLiver (the headless suite
+    runs the same scenarios on a phantom). Without torch the model scenarios are skipped, with a message."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        for name in scenarios.SCENARIOS:
-            self.setUp()
-            self._runScenario(name)
+        from LiverTumorSegLib.testing import scenarios
 
-    def _runScenario(self, name: str) -> None:
-        logging.info(f"LiverTumorSeg scenario: {name}")
-        with scenarios.scratch_folder() as workDir:
-            scenarios.run(name, slicer.mrmlScene, workDir)
-        self.delayDisplay(f"{name} passed")
+        scenarios.run_self_test(scenarios.SCENARIOS, scenarios.run, set_up=self.setUp, report=self.delayDisplay,
+                                ensure_dependencies=lambda: LiverTumorSegLogic().ensureDependencies(
+                                    askUser=False, inTesting=True))
 
     def test_scenarios(self) -> None:
         """Every shared scenario (see LiverTumorSegLib.testing.scenarios.SCENARIOS)."""

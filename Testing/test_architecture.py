@@ -217,9 +217,10 @@ def test_installed_files_import_only_installed_library_modules():
     assert not problems, "\n".join(problems)
 
 
-def test_cli_training_node_and_the_headless_bootstrap_are_not_installed():
+def test_cli_training_node_phantoms_and_the_headless_bootstrap_are_not_installed():
     installed = installed_modules()
     for name in installed:
         parts = name.split(".")
-        assert not (len(parts) > 1 and parts[1] in ("cli", "training", "node")), name
+        assert not (len(parts) > 1 and parts[1] in ("cli", "training", "node", "synthetic")), name
     assert "LiverTumorSegLib.testing.headless_slicer" not in installed
+    assert "LiverTumorSegLib.testing.phantom_scenarios" not in installed

@@ -5,9 +5,10 @@
 - ``io``: files in and out (DICOM series, ``.seg.nrrd``, preview PNGs);
 - ``models``: the model manifest, the model cache and downloads, building the networks;
 - ``worker``: the background process (job file, progress lines, cancel) and the client that starts it;
-- ``scene``: the scene bridge, core results to MRML nodes and back; ``slicer`` MRML, never Qt;
+- ``scene``: the scene bridge, core results to MRML nodes and back, segment roles, live updates, DICOM database
+  queries, stale runs; ``slicer`` MRML, never Qt;
 - ``gui``: what both modules' widgets share (Qt); used by the module files only;
 - ``cli``: the ``livertumor`` command over the functions above;
 - ``synthetic``, ``training``, ``testing``: phantoms, model training and evaluation, test scenarios
-  (not installed into Slicer, except the self-test scenarios).
+  (not installed into Slicer, except the self-test scenarios that work on any CT).
 """

@@ -26,3 +26,5 @@ MANIFEST_FILE = MODELS_DIR / "models.json"
 SCHEMA_FILE = MODELS_DIR / "models-schema.json"
 PRESETS_FILE = RESOURCES_DIR / "hu_window_presets.json"
 TERMINOLOGY_FILE = RESOURCES_DIR / "segment_terminology.json"
+REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"  # what the worker needs in Slicer's Python
+MINIMUM_SLICER_VERSION = (5, 12)  # slicer.packaging.pip_ensure, pydicom 3 bundled; stated in README and CMake

@@ -21,3 +21,4 @@ def _resources_dir() -> Path:
 
 RESOURCES_DIR = _resources_dir()
 DEMO_MODEL_FILE = RESOURCES_DIR / "Models" / "demo_staging.tnm"
+REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"  # what the staging worker adds in Slicer's Python

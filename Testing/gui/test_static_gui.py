@@ -22,10 +22,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["LiverTumorSeg", "TNMStaging"]
-# What Slicer does not get (docs/architecture.md): the command line, training, the DICOM node and the headless
-# test bootstrap.
+# What Slicer does not get (docs/architecture.md): the command line, training, the DICOM node, the phantoms, the
+# phantom scenarios and the headless test bootstrap.
 NOT_INSTALLED = ("LiverTumorSegLib/cli/", "LiverTumorSegLib/training/", "LiverTumorSegLib/node/",
-                 "LiverTumorSegLib/testing/headless_slicer.py", "TNMStagingLib/cli/", "TNMStagingLib/training/")
+                 "LiverTumorSegLib/synthetic/", "LiverTumorSegLib/testing/headless_slicer.py",
+                 "LiverTumorSegLib/testing/phantom_scenarios.py", "TNMStagingLib/cli/", "TNMStagingLib/training/")
 
 # The parameterNodeWrapper GUI connectors of Slicer 5.10+ (Base/Python/slicer/parameterNodeWrapper/
 # guiConnectors.py): widget class -> annotation types it can represent.
@@ -224,3 +225,103 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     result = subprocess.run([ruff, "check", str(REPO)], capture_output=True, text=True, encoding="utf-8", cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_choice_combo_box_shows_readable_labels(module):
+    """A parameter bound to a QComboBox is an enum with a ``label()`` (the parameterNodeWrapper connector shows it),
+    never a bare Choice of raw codes."""
+    import enum
+    import importlib
+
+    fields = parameter_fields(REPO / module / f"{module}.py")
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    sources = {alias.asname or alias.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+               for alias in node.names}
+    widgets = ui_widgets(REPO / module / "Resources" / "UI" / f"{module}.ui")
+    for widget in widgets.values():
+        parameter = next((p.findtext("string") for p in widget.findall("property")
+                          if p.get("name") == "SlicerParameterName"), None)
+        if widget.get("class") != "QComboBox" or parameter is None:
+            continue
+        annotation = fields[parameter]
+        assert annotation in sources, f"{parameter}: {annotation} is not an enum imported by the module file"
+        choices = getattr(importlib.import_module(sources[annotation]), annotation)
+        assert issubclass(choices, enum.Enum), f"{parameter}: {annotation} is not an enum"
+        for member in choices:
+            assert member.label() and member.label() != member.value, f"{annotation}.{member.name} has no label"
+
+
+def test_custom_widgets_are_declared_and_place_widget_has_the_scene():
+    for module in MODULES:
+        ui_path = REPO / module / "Resources" / "UI" / f"{module}.ui"
+        root = ElementTree.parse(ui_path).getroot()
+        declared = {c.findtext("class") for c in root.iter("customwidget")}
+        used = {w.get("class") for w in root.iter("widget")} - {"QLabel", "QPushButton", "QComboBox", "QCheckBox",
+                                                               "QDoubleSpinBox", "QProgressBar", "QPlainTextEdit",
+                                                               "QWidget", "QTableWidget"}
+        assert used <= declared, f"{module}: widgets without a customwidget entry: {used - declared}"
+        connected = {c.findtext("receiver") for c in root.iter("connection")}
+        for name, widget in ui_widgets(ui_path).items():
+            if widget.get("class") == "qSlicerMarkupsPlaceWidget":
+                assert name in connected, f"{name} needs the scene to place markups"
+
+
+def test_license_file_is_apache_2_and_matches_the_declared_licence():
+    """The ExtensionsIndex checks for a LICENSE file at the repository root; pyproject.toml declares the same."""
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_the_minimum_slicer_version_is_stated_wherever_slicer_is_required():
+    """slicer.packaging.pip_ensure and the bundled pydicom 3 need Slicer 5.12: the README, the extension's and the
+    modules' CMake files, both module help texts and the library agree."""
+    sys.path.insert(0, str(REPO / "LiverTumorSeg"))
+    from LiverTumorSegLib.resources import MINIMUM_SLICER_VERSION
+
+    stated = "Slicer 5.12 or later"
+    assert MINIMUM_SLICER_VERSION == (5, 12)
+    for path in ("README.md", "CMakeLists.txt", "LiverTumorSeg/CMakeLists.txt", "TNMStaging/CMakeLists.txt",
+                 "LiverTumorSeg/LiverTumorSeg.py", "TNMStaging/TNMStaging.py", "docs/architecture.md"):
+        assert stated in (REPO / path).read_text(encoding="utf-8").replace("\n", " ").replace("  ", " "), path
+
+
+def _widget_methods(module: str) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    widget = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == f"{module}Widget")
+    return {node.name: node for node in widget.body if isinstance(node, ast.FunctionDef)}
+
+
+def _shows_errors(function: ast.FunctionDef) -> bool:
+    return "tryWithErrorDisplay" in ast.unparse(function)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_one_error_dialog_per_user_action(module):
+    """A handler wrapped in tryWithErrorDisplay never calls another wrapped handler (one error, one dialog), and the
+    live-update callbacks (timers after edits) show errors in the panel, never in a dialog."""
+    methods = _widget_methods(module)
+    for name, function in methods.items():
+        if not _shows_errors(function):
+            continue
+        called = {node.func.attr for node in ast.walk(function) if isinstance(node, ast.Call)
+                  and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+                  and node.func.value.id == "self"}
+        nested = sorted(other for other in called & set(methods) if _shows_errors(methods[other]))
+        assert not nested, f"{module}.{name} calls {nested}, which show their own error dialogs"
+    for name in ("_updateMeasurements", "_updateFlr", "_refreshResult"):
+        if name in methods:
+            assert not _shows_errors(methods[name]) and "errorDisplay" not in ast.unparse(methods[name]), name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_run_callbacks_work_while_the_module_is_hidden(module):
+    """A background run can end while the user is in another module: what it calls when it finishes goes through
+    the logic's parameter node, and exit() keeps the widget's parameter node (as the module template does)."""
+    methods = _widget_methods(module)
+    finished = [name for name in methods if name.endswith("Finished")]
+    assert finished
+    for name in finished:
+        assert "self._parameterNode" not in ast.unparse(methods[name]), f"{name} uses the widget's parameter node"
+    assert "setParameterNode(None)" not in ast.unparse(methods["exit"])

@@ -15,6 +15,7 @@ from LiverTumorSegLib.core.terminology import load_segment_definitions
 from LiverTumorSegLib.scene import flr as scene_flr
 from LiverTumorSegLib.scene import segmentations
 from LiverTumorSegLib.scene import volumes as scene_bridge
+from LiverTumorSegLib.scene.roles import find_segment_roles
 
 # Oblique grid (rotated 30 degrees about the patient z axis), anisotropic spacing: a RAS/LPS mix-up or a
 # lost direction matrix moves the cut.
@@ -239,8 +240,8 @@ def test_inputs_found_by_name_and_several_tumor_segments(mrml_scene):
         slicer.util.updateSegmentBinaryLabelmapFromArray(
             mask.astype(np.uint8), segmentation, segment_id, volume
         )
-    liver_id, tumor_ids = scene_flr.find_input_segments(segmentation)
-    assert seg.GetSegment(liver_id).GetName() == "liver" and len(tumor_ids) == 2
+    roles = find_segment_roles(segmentation)
+    assert seg.GetSegment(roles.liver_id).GetName() == "liver" and len(roles.tumor_ids) == 2
     out = scene_flr.compute_flr_in_scene(segmentation, volume, margin_mm=2.0)
     assert out.result.figures == FLRCalculator.from_labelmap(labels).compute(margin_mm=2.0).figures
 
@@ -253,8 +254,8 @@ def test_hand_made_tumor_joins_the_coded_one_and_a_removed_table_is_replaced(cas
     extra[7:11, 14:18, 10:14] = 1  # in the liver, away from the coded tumor
     extra_id = segmentation.GetSegmentation().AddEmptySegment("", "Tumor 2")
     slicer.util.updateSegmentBinaryLabelmapFromArray(extra, segmentation, extra_id, volume)
-    liver_id, tumor_ids = scene_flr.find_input_segments(segmentation)
-    assert liver_id == "liver" and tumor_ids == ["liver_tumor", extra_id]
+    roles = find_segment_roles(segmentation)
+    assert roles.liver_id == "liver" and roles.tumor_ids == ("liver_tumor", extra_id)
     first = scene_flr.compute_flr_in_scene(segmentation, volume)
     both = _array(labels).copy()
     both[extra == 1] = 2  # a tumor voxel counts as tumor wherever it lies
@@ -325,3 +326,91 @@ def test_debounce_and_no_loop_on_own_writes(case, mrml_scene):
     node.SetOrigin(-x, -y, z)
     segmentation.GetSegmentation().GetSegment("liver").SetColor(0.5, 0.5, 0.5)
     assert len(scheduled) == 5 and not planner.dirty
+
+
+def test_flip_turns_the_plane_round_and_resects_the_other_side(case, mrml_scene):
+    import slicer
+
+    labels, volume, segmentation = case
+    node = _ras_plane_node(mrml_scene, PLANE_LPS)
+    first = scene_flr.compute_flr_in_scene(segmentation, volume, plane_nodes=[node])
+    scene_flr.flip_plane_normal(node)
+    flipped = scene_flr.compute_flr_in_scene(segmentation, volume, plane_nodes=[node])
+    expected = FLRCalculator.from_labelmap(labels).compute(planes=[Plane(PLANE_LPS.point_mm, tuple(
+        -n for n in PLANE_LPS.normal))])
+    assert flipped.result.figures == expected.figures
+    before, after = _array(first.result.resected) != 0, _array(flipped.result.resected) != 0
+    assert not np.any(before & after) and np.count_nonzero(after) > 0
+    # a three-point plane keeps its points: the second and third change places
+    three = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "three points")
+    three.SetPlaneType(slicer.vtkMRMLMarkupsPlaneNode.PlaneType3Points)
+    for point in ((0, 0, 0), (10, 0, 0), (0, 10, 0)):
+        three.AddControlPoint(*point)
+    points = {tuple(three.GetNthControlPointPositionWorld(i)) for i in range(3)}
+    scene_flr.flip_plane_normal(three)
+    normal = [0.0, 0.0, 0.0]
+    three.GetNormalWorld(normal)
+    assert normal == pytest.approx([0.0, 0.0, -1.0])
+    assert {tuple(three.GetNthControlPointPositionWorld(i)) for i in range(3)} == points
+    with pytest.raises(ValueError, match="not fully placed"):
+        scene_flr.flip_plane_normal(mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "unplaced"))
+
+
+def test_an_edited_output_is_kept_and_resected_as_painted_from_then_on(case, mrml_scene):
+    import slicer
+
+    labels, volume, segmentation = case
+    node = _ras_plane_node(mrml_scene, PLANE_LPS)
+    scheduled = []
+    planner = scene_flr.FLRPlanner(segmentation, volume, schedule_update=lambda: scheduled.append(1),
+                                   plane_nodes=[node])
+    first = planner.update()
+    resection_id = first.segment_ids["resection"]
+    edited = _segment_array(segmentation, resection_id, volume)
+    edited[:, 14:20, 6:12] = (_array(labels)[:, 14:20, 6:12] > 0)  # the user adds liver to the resection
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, resection_id, volume)
+    assert planner.dirty
+    second = planner.update_if_dirty()
+    segment = segmentation.GetSegmentation().GetSegment(resection_id)
+    assert second.released == (("resection", resection_id),)
+    assert not scene_flr.is_generated(segment) and planner.parameters.resection_segment_id == resection_id
+    assert np.array_equal(_segment_array(segmentation, resection_id, volume), edited), "the edit was overwritten"
+    mask = sitk.GetImageFromArray(edited)
+    mask.CopyInformation(labels)
+    expected = FLRCalculator.from_labelmap(labels).compute(resection_mask=mask, planes=[PLANE_LPS])
+    assert second.result.figures == expected.figures
+    assert second.segment_ids["resection"] != resection_id  # a new computed output beside the user's
+    # nothing changed since: no new release, no recompute
+    assert planner.update_if_dirty() is None or planner.last.released == ()
+    # an edited remnant keeps what it holds; the rest of the liver is resected
+    remnant_id = second.segment_ids["remnant"]
+    remnant = _segment_array(segmentation, remnant_id, volume)
+    remnant[:, :, 22:] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(remnant, segmentation, remnant_id, volume)
+    third = planner.update_if_dirty()
+    assert third.released == (("remnant", remnant_id),)
+    kept = _array(third.result.remnant) != 0
+    assert np.array_equal(kept, (remnant != 0) & (_array(labels) == 1))
+    planner.remove_observers()
+
+
+def test_observation_can_be_turned_off_and_on(case, mrml_scene):
+    import slicer
+
+    labels, volume, segmentation = case
+    scheduled = []
+    planner = scene_flr.FLRPlanner(segmentation, volume, schedule_update=lambda: scheduled.append(1), observe=False)
+    planner.update()
+    liver = _segment_array(segmentation, "liver", volume)
+    liver[:, :, 30:] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(liver, segmentation, "liver", volume)
+    assert not planner.dirty and not planner.observing, "an unobserved planner reacted to an edit"
+    planner.set_observing(True)
+    assert planner.dirty and planner.observing, "turning observation on must catch up with missed edits"
+    updated = planner.update_if_dirty()
+    assert updated.result.figures.functional_liver_ml == pytest.approx(liver.sum() * np.prod(SPACING) / 1000.0)
+    planner.set_parameters(margin_mm=None)  # unchanged parameters: nothing to do
+    assert not planner.dirty
+    planner.set_observing(False)
+    slicer.util.updateSegmentBinaryLabelmapFromArray((_array(labels) == 1).astype(np.uint8), segmentation, "liver", volume)
+    assert not planner.dirty

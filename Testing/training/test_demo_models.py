@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from LiverTumorSegLib.models.manifest import load_manifest
-from LiverTumorSegLib.testing.scenarios import untrained_test_models
+from LiverTumorSegLib.testing.phantom_scenarios import untrained_test_models
 from LiverTumorSegLib.training import demo_models
 
 

@@ -36,6 +36,7 @@ from LiverTumorSegLib.core.measurements import (
     measure_labelmap,
     voxel_volume_ml,
 )
+from LiverTumorSegLib.core.options import MIN_TUMOR_ML
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from LiverTumorSegLib.models.networks import LoadedModel
 
 ProgressCallback = Callable[[str, float, str], None]
-MIN_TUMOR_ML = 0.1  # default smallest lesion kept, mL
 
 
 def keep_tumors_in_liver(tumor: sitk.Image, liver: sitk.Image, min_tumor_ml: float) -> sitk.Image:

@@ -2,7 +2,9 @@
 progress bar and a label; when the worker ends, ``finish()`` brings the result in and one callback gets it.
 
 A cancelled run (``core.cancel.Cancelled``, recognised by type) only updates the label; a failure also shows
-one error dialog.
+one error dialog. Cancel returns at once (the worker tree is ended in the background, ``worker.process``); a run
+whose input left the scene or is no longer the selected input is abandoned (``scene.run.BackgroundRun.stale_reason``):
+nothing is imported.
 """
 
 from __future__ import annotations
@@ -39,16 +41,28 @@ class RunPoller:
         self.timer.start()
 
     def cancel(self) -> None:
+        """Ask the run to stop; returns at once. The poll that sees the worker end reports the cancel."""
         if self.run is not None:
             self.run.cancel()
             self.statusLabel.text = _("Cancelling...")
 
-    def stop(self) -> None:
-        """Cancel the run and stop watching it; nothing is imported (module cleanup, scene close)."""
+    def stop(self, reason: str = "", notify: bool = False) -> None:
+        """Abandon the run and stop watching it; nothing is imported (module cleanup, scene close). Returns at
+        once. ``notify``: call ``onEnded()`` (the widget stays; not during cleanup)."""
         self.timer.stop()
         run, self.run = self.run, None
         if run is not None:
-            run.cancel()
+            run.abandon()
+            self.statusLabel.text = reason or _("Cancelled.")
+            if notify and self.onEnded:
+                self.onEnded()
+
+    def abandonIfStale(self, currentVolumeNode=None) -> bool:
+        """Abandon the run when its input left the scene or ``currentVolumeNode`` is another volume; True if so."""
+        reason = self.run.stale_reason(currentVolumeNode) if self.run is not None else None
+        if reason:
+            self.stop(reason, notify=True)
+        return bool(reason)
 
     def _poll(self) -> None:
         for event in self.run.poll():

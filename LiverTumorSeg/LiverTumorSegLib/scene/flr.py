@@ -3,25 +3,27 @@
 Imports ``slicer`` MRML classes and ``slicer.util`` only (never Qt, never ``slicer.app``), so the module's
 logic, Slicer's self-test and the headless tests share it. The computation is ``flr.FLRCalculator``.
 
-Inputs are read from the CURRENT segments (the user's edits): the liver segment (terminology type Liver,
-SCT 10200004, else the name "Liver") and every tumor segment (type Neoplasm / primary / secondary, else
-the name "Liver tumor" or "Tumor"); parenchyma = liver minus tumors. Masks are exported onto the reference
-CT volume's voxel grid. Markups planes are RAS world coordinates (parent transforms applied); they are
-mapped into the reference volume's own frame (its linear parent transform, if any, undone) and converted
-to LPS: (x, y, z) -> (-x, -y, z), the normal likewise. The side the normal points to is resected.
+Inputs are read from the CURRENT segments (the user's edits) by the segment-role rule of ``scene.roles``: the
+liver segment and every tumor segment (terminology first, then name); parenchyma = liver minus tumors. Masks
+are read on the reference CT volume's voxel grid (``scene.masks``). Markups planes are RAS world coordinates
+(parent transforms applied); they are mapped into the reference volume's own frame (its linear parent
+transform, if any, undone) and converted to LPS: (x, y, z) -> (-x, -y, z), the normal likewise. The side the
+normal points to is resected; ``flip_plane_normal`` turns the plane round (the views show the normal, so the
+user sees which side goes).
 
 Outputs are two editable segments, "Resection" and "Future liver remnant", tagged
-``LiverTumorSeg.Generated=FLR`` (and ``LiverTumorSeg.FLROutput=resection|remnant``): a recompute only
-replaces segments carrying these tags. A user's own segment of the same name is never touched; the
-output then gets a distinct name ("Resection (computed)"). The figures go to a table node "FLR" (one row
-per figure), updated in place.
+``LiverTumorSeg.Generated=FLR`` (and ``LiverTumorSeg.FLROutput=resection|remnant``, with the content digest of
+what was written in ``LiverTumorSeg.FLRDigest``): a recompute only replaces segments carrying these tags. A
+user's own segment of the same name is never touched; the output then gets a distinct name ("Resection
+(computed)"). When the user edits an output, it is released (tags removed, ``LiverTumorSeg.FLREdited=role``
+added) and used as the painted resection from then on: an edited "Resection" is resected as painted, an edited
+"Future liver remnant" keeps what it holds (the rest of the liver is resected). The figures go to a table node
+"FLR" (one row per figure), updated in place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,25 +31,31 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
+from LiverTumorSegLib.core.box_masks import BoxMask
 from LiverTumorSegLib.core.flr import FLRCalculator, ResectionResult, flr_table_rows
 from LiverTumorSegLib.core.resection import Plane
 from LiverTumorSegLib.core.terminology import load_segment_definitions
 from LiverTumorSegLib.scene import segmentations
+from LiverTumorSegLib.scene.masks import SegmentMaskReader
 from LiverTumorSegLib.scene.observers import DebouncedObserver
+from LiverTumorSegLib.scene.results import set_algorithm
+from LiverTumorSegLib.scene.roles import (
+    EDITED_OUTPUT_TAG,
+    GENERATED_TAG,
+    GENERATED_VALUE,
+    find_segment_roles,
+    is_generated,
+    segment_tag,
+)
 from LiverTumorSegLib.scene.tables import find_table, keyed_values, text_columns, write_table
 
-GENERATED_TAG = "LiverTumorSeg.Generated"
-GENERATED_VALUE = "FLR"
 OUTPUT_TAG = "LiverTumorSeg.FLROutput"
+DIGEST_TAG = "LiverTumorSeg.FLRDigest"  # content digest of what the planner last wrote into an output
 OUTPUT_DEFINITIONS = {"resection": "flr_resection", "remnant": "flr_remnant"}  # role -> json id
 TABLE_NAME = "FLR"
 TABLE_SEGMENTATION_ATTRIBUTE = "LiverTumorSeg.FLRSegmentation"
 TABLE_COLUMNS = ("Figure", "Value", "Unit", "Key")
 
-LIVER_TYPE_CODES = frozenset({("SCT", "10200004")})
-TUMOR_TYPE_CODES = frozenset({("SCT", "108369006"), ("SCT", "86049000"), ("SCT", "14799000")})
-LIVER_NAME = re.compile(r"liver")  # names are compared lower-case, whole name
-TUMOR_NAME = re.compile(r"(liver )?tumou?r( \d+)?")
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -60,60 +68,6 @@ def _segments(segmentation_node) -> list[tuple[str, object]]:
         (segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i))
         for i in range(segmentation.GetNumberOfSegments())
     ]
-
-
-def _tag(segment, key: str) -> str | None:
-    value = vtk.reference("")
-    return str(value) if segment.GetTag(key, value) else None
-
-
-def is_generated(segment) -> bool:
-    """True for a segment this bridge wrote (tag ``LiverTumorSeg.Generated=FLR``)."""
-    return _tag(segment, GENERATED_TAG) == GENERATED_VALUE
-
-
-def _type_code(segment) -> tuple[str, str] | None:
-    """(scheme, code) of the segment's terminology type, from the serialized ``TerminologyEntry``."""
-    parts = (segment.GetTerminology() or "").split("~")
-    fields = parts[2].split("^") if len(parts) > 2 else []
-    return (fields[0], fields[1]) if len(fields) >= 2 and fields[1] else None
-
-
-def _coded(candidates, codes) -> list[str]:
-    return [sid for sid, segment in candidates if _type_code(segment) in codes]
-
-
-def _named(candidates, pattern: re.Pattern) -> list[str]:
-    return [sid for sid, segment in candidates if pattern.fullmatch(segment.GetName().strip().lower())]
-
-
-def find_input_segments(segmentation_node, exclude: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """``(liver segment id, tumor segment ids)`` of a segmentation; generated FLR segments and the ids in
-    ``exclude`` (e.g. the painted resection) are never inputs. ``ValueError`` when there is no liver.
-
-    The liver is the segment with terminology type Liver (the one named "Liver" first when several are),
-    else the segment named "Liver". Tumors are all segments with a neoplasm type or a tumor name ("Liver
-    tumor", "Tumor", "Tumor 2", ...), so tumors the user adds by hand count too.
-    """
-    candidates = [(sid, s) for sid, s in _segments(segmentation_node) if not is_generated(s)]
-    candidates = [(sid, s) for sid, s in candidates if sid not in exclude]
-    livers = _coded(candidates, LIVER_TYPE_CODES) or _named(candidates, LIVER_NAME)
-    if not livers:
-        names = [segment.GetName() for _, segment in _segments(segmentation_node)]
-        raise ValueError(
-            f"segmentation {segmentation_node.GetName()!r} has no liver segment (a segment named 'Liver' "
-            f"or with terminology type Liver, SCT 10200004); its segments: {names}. Segment the liver first."
-        )
-    named = [sid for sid in livers if sid in _named(candidates, LIVER_NAME)]
-    liver_id = (named or livers)[0]
-    tumors = _coded(candidates, TUMOR_TYPE_CODES) + _named(candidates, TUMOR_NAME)
-    return liver_id, [sid for sid in dict.fromkeys(tumors) if sid != liver_id]
-
-
-def mask_digest(mask: sitk.Image) -> str:
-    """Content fingerprint of a mask (its non-zero voxels); equal digests = equal masks."""
-    packed = np.packbits(sitk.GetArrayViewFromImage(mask).reshape(-1) != 0)
-    return hashlib.blake2b(packed.tobytes(), digest_size=16).hexdigest() + str(mask.GetSize())
 
 
 # --- planes --------------------------------------------------------------------------------------------
@@ -154,13 +108,40 @@ def plane_from_markups(plane_node, reference_volume_node=None) -> Plane:
     return Plane(tuple(_LPS_FROM_RAS @ origin_local), tuple(_LPS_FROM_RAS @ normal_local))
 
 
+def flip_plane_normal(plane_node) -> None:
+    """Turn the plane round (the same plane, the normal reversed): the other side is resected from now on.
+
+    A three-point plane swaps its second and third points (the user's points stay where they were); other
+    plane types get the reversed normal. ``ValueError`` when the plane is not placed.
+    """
+    if plane_node is None or not plane_node.IsA("vtkMRMLMarkupsPlaneNode"):
+        raise ValueError(f"not a markups plane node: {plane_node!r}")
+    if not plane_node.GetIsPlaneValid():
+        raise ValueError(f"plane {plane_node.GetName()!r} is not fully placed; place it in a view first")
+    before = [0.0, 0.0, 0.0]
+    plane_node.GetNormalWorld(before)
+    if plane_node.GetPlaneType() == slicer.vtkMRMLMarkupsPlaneNode.PlaneType3Points:
+        first = plane_node.GetNthControlPointPositionWorld(1)
+        second = plane_node.GetNthControlPointPositionWorld(2)
+        was_modifying = plane_node.StartModify()
+        plane_node.SetNthControlPointPositionWorld(1, second)
+        plane_node.SetNthControlPointPositionWorld(2, first)
+        plane_node.EndModify(was_modifying)
+    else:
+        plane_node.SetNormalWorld([-value for value in before])
+    after = [0.0, 0.0, 0.0]
+    plane_node.GetNormalWorld(after)
+    if float(np.dot(before, after)) > -0.999:
+        raise ValueError(f"plane {plane_node.GetName()!r} could not be flipped (plane type {plane_node.GetPlaneType()})")
+
+
 # --- outputs -------------------------------------------------------------------------------------------
 
 
 def find_output_segment(segmentation_node, role: str) -> str | None:
     """Id of the generated output segment of ``role`` ("resection" or "remnant"), None if there is none."""
     for segment_id, segment in _segments(segmentation_node):
-        if is_generated(segment) and _tag(segment, OUTPUT_TAG) == role:
+        if is_generated(segment) and segment_tag(segment, OUTPUT_TAG) == role:
             return segment_id
     return None
 
@@ -187,14 +168,23 @@ def _add_output_segment(segmentation_node, role: str) -> str:
     segment.SetColorAutoGenerated(False)
     segment.SetTag(GENERATED_TAG, GENERATED_VALUE)
     segment.SetTag(OUTPUT_TAG, role)
+    set_algorithm(segment, "SEMIAUTOMATIC", "LiverTumorSeg future liver remnant")
     return segment_id
+
+
+def release_output(segment, role: str) -> None:
+    """Make a generated output the user's own segment (never replaced again), remembering its ``role``."""
+    for tag in (GENERATED_TAG, OUTPUT_TAG, DIGEST_TAG):
+        segment.RemoveTag(tag)
+    segment.SetTag(EDITED_OUTPUT_TAG, role)
 
 
 def write_flr_segments(segmentation_node, result: ResectionResult, reference_volume_node) -> dict[str, str]:
     """Write the resected and remnant masks into the generated output segments (created when missing).
 
     Returns ``{"resection": segment id, "remnant": segment id}``. Only segments tagged as generated are
-    replaced; no other segment is modified.
+    replaced; no other segment is modified. Each output records the digest of what was written (``DIGEST_TAG``),
+    by which a later edit is recognised.
     """
     ids = {}
     for role, mask in (("resection", result.resected), ("remnant", result.remnant)):
@@ -202,6 +192,8 @@ def write_flr_segments(segmentation_node, result: ResectionResult, reference_vol
             segmentation_node, role
         )
         segmentations.set_segment_mask(segmentation_node, segment_id, mask, reference_volume_node)
+        digest = BoxMask.from_array(sitk.GetArrayViewFromImage(mask)).digest
+        segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(DIGEST_TAG, digest)
         ids[role] = segment_id
     return ids
 
@@ -231,11 +223,13 @@ def table_values(table_node) -> dict[str, tuple[str, str]]:
 
 @dataclass(frozen=True)
 class FLRSceneResult:
-    """One FLR computation in the scene: the core result, the output segment ids and the table node."""
+    """One FLR computation in the scene: the core result, the output segment ids, the table node and the outputs
+    the user had edited, released before this computation (``(role, segment id)``; the painted resection now)."""
 
     result: ResectionResult
     segment_ids: dict[str, str]
     table_node: object
+    released: tuple[tuple[str, str], ...] = ()
 
 
 # --- live planner --------------------------------------------------------------------------------------
@@ -272,10 +266,12 @@ class FLRPlanner(DebouncedObserver):
 
     Any observed event marks the planner dirty and calls ``schedule_update()`` once until the next
     ``update_if_dirty()`` (the GUI passes a single-shot ``QTimer.start``: many events, one update).
-    ``update_if_dirty()`` recomputes only what changed: the ``FLRCalculator`` is kept while the liver and
-    tumor masks are unchanged (content fingerprints), so a plane move only recomputes the plane part, and
-    nothing is recomputed or written when no input changed (e.g. Slicer regenerating a 3D surface). Events
-    raised by the planner's own writes are ignored, so writing the outputs does not loop.
+    ``update_if_dirty()`` recomputes only what changed: segments are re-read only when they changed
+    (``SegmentMaskReader``), the ``FLRCalculator`` is kept while the liver and tumor voxels are unchanged, so a
+    plane move only recomputes the plane part, and nothing is recomputed or written when no input changed (e.g.
+    Slicer regenerating a 3D surface). Events raised by the planner's own writes are ignored, so writing the
+    outputs does not loop. ``set_observing(False)`` stops observing (module hidden, live update off) without
+    dropping the planner; ``set_observing(True)`` observes again and marks it dirty.
     """
 
     def __init__(
@@ -297,29 +293,53 @@ class FLRPlanner(DebouncedObserver):
         self.parameters = FLRParameters(**parameters)
         self.table_node = table_node or find_flr_table(segmentation_node)
         self.last: FLRSceneResult | None = None
-        self._observe = observe
+        self.reader = SegmentMaskReader(segmentation_node, reference_volume_node)
+        self._observe = False
         self._calculator = None
-        self._input_keys: tuple = (None, None)  # (segment fingerprint, content digests)
-        self._resection: tuple = (None, None, None)  # (segment fingerprint, content digest, mask)
+        self._inputs_digest: tuple | None = None  # digests of the liver and tumor masks of the calculator
         self._last_state: tuple | None = None
+        self._written: dict[str, tuple] = {}  # output segment id -> reader fingerprint right after our write
+        self._resection: tuple | None = None  # (digest, full-grid mask image) of the painted resection
         self.plane_nodes: tuple = ()
-        if observe:
-            self.observe("segmentation", [segmentation_node.GetSegmentation()], SEGMENTATION_EVENTS)
         self.set_plane_nodes(plane_nodes)
+        self.set_observing(observe)
 
     # parameters and observation
 
     def set_parameters(self, **changes) -> None:
-        """Change parameters (field names of ``FLRParameters``; ``TypeError`` for others); marks dirty."""
-        self.parameters = dataclasses.replace(self.parameters, **changes)
-        self.mark_dirty()
+        """Change parameters (field names of ``FLRParameters``; ``TypeError`` for others); marks dirty when one
+        changed."""
+        parameters = dataclasses.replace(self.parameters, **changes)
+        if parameters != self.parameters:
+            self.parameters = parameters
+            self.mark_dirty()
 
     def set_plane_nodes(self, plane_nodes) -> None:
-        """Use (and observe) these markups plane nodes; marks dirty."""
-        self.plane_nodes = tuple(node for node in plane_nodes if node is not None)
+        """Use (and, while observing, observe) these markups plane nodes; marks dirty when they changed."""
+        plane_nodes = tuple(node for node in plane_nodes if node is not None)
+        if plane_nodes == self.plane_nodes and self.last is not None:
+            return
+        self.plane_nodes = plane_nodes
         if self._observe:
             self.observe("planes", self.plane_nodes, PLANE_EVENTS)
         self.mark_dirty()
+
+    def set_observing(self, observe: bool) -> None:
+        """Observe the segments and the planes (``True``) or nothing (``False``)."""
+        observe = bool(observe)
+        if observe == self._observe and (self.observing or not observe):
+            return
+        self._observe = observe
+        if observe:
+            self.observe("segmentation", [self.segmentation_node.GetSegmentation()], SEGMENTATION_EVENTS)
+            self.observe("planes", self.plane_nodes, PLANE_EVENTS)
+            self.mark_dirty()  # edits made while nobody watched
+        else:
+            self.remove_observers()
+
+    @property
+    def observing_inputs(self) -> bool:
+        return self._observe
 
     # computation
 
@@ -335,12 +355,13 @@ class FLRPlanner(DebouncedObserver):
 
     def _update(self, force: bool) -> FLRSceneResult | None:
         self._start_update()
+        released = self._release_edited_outputs()
         parameters = self.parameters
         planes = tuple(plane_from_markups(node, self.reference_volume_node) for node in self.plane_nodes)
         resection_digest, resection_mask = self._resection_mask(parameters.resection_segment_id)
         calculator, inputs_digest = self._current_calculator(parameters.resection_segment_id)
         state = (inputs_digest, resection_digest, planes, parameters)
-        if not force and self.last is not None and state == self._last_state:
+        if not force and not released and self.last is not None and state == self._last_state:
             return None
         result = calculator.compute(
             resection_mask=resection_mask,
@@ -357,45 +378,52 @@ class FLRPlanner(DebouncedObserver):
                 result.figures.to_dict(), self.table_node, scene=self.segmentation_node.GetScene()
             )
             self.table_node.SetAttribute(TABLE_SEGMENTATION_ATTRIBUTE, self.segmentation_node.GetID())
+        self._written = {segment_id: self.reader.fingerprint(segment_id) for segment_id in ids.values()}
         self._last_state = state
-        self.last = FLRSceneResult(result, ids, self.table_node)
+        self.last = FLRSceneResult(result, ids, self.table_node, released)
         return self.last
 
-    def _fingerprint(self, segment_ids) -> tuple:
-        """Cheap change key of segments: id, label value and modification time of the source labelmap."""
+    def _release_edited_outputs(self) -> tuple[tuple[str, str], ...]:
+        """Release the outputs whose voxels differ from what the planner wrote; the last one released becomes
+        the painted resection (``parameters.resection_segment_id``)."""
+        released = []
         segmentation = self.segmentation_node.GetSegmentation()
-        source = segmentation.GetSourceRepresentationName()
-        key = []
-        for segment_id in segment_ids:
-            segment = segmentation.GetSegment(segment_id)
-            representation = segment.GetRepresentation(source)
-            key.append(
-                (segment_id, segment.GetLabelValue(), representation.GetMTime() if representation else 0)
-            )
-        return tuple(key)
+        for role in OUTPUT_DEFINITIONS:
+            segment_id = find_output_segment(self.segmentation_node, role)
+            if segment_id is None:
+                continue
+            stored = segment_tag(segmentation.GetSegment(segment_id), DIGEST_TAG)
+            if stored is None or self._written.get(segment_id) == self.reader.fingerprint(segment_id):
+                continue
+            if self.reader.mask(segment_id).digest == stored:
+                self._written[segment_id] = self.reader.fingerprint(segment_id)
+                continue
+            release_output(segmentation.GetSegment(segment_id), role)
+            self._written.pop(segment_id, None)
+            released.append((role, segment_id))
+        if released:
+            self.parameters = dataclasses.replace(self.parameters, resection_segment_id=released[-1][1])
+        return tuple(released)
 
     def _current_calculator(self, resection_segment_id: str | None):
         exclude = (resection_segment_id,) if resection_segment_id else ()
-        liver_id, tumor_ids = find_input_segments(self.segmentation_node, exclude)
-        fingerprint = self._fingerprint([liver_id, *tumor_ids])
-        if self._calculator is not None and fingerprint == self._input_keys[0]:
-            return self._calculator, self._input_keys[1]
-        parenchyma = segmentations.segments_mask(self.segmentation_node, [liver_id], self.reference_volume_node)
-        tumor = (
-            segmentations.segments_mask(self.segmentation_node, tumor_ids, self.reference_volume_node)
-            if tumor_ids
-            else None
-        )
-        digests = (mask_digest(parenchyma), mask_digest(tumor) if tumor is not None else None)
-        if self._calculator is None or digests != self._input_keys[1]:
+        roles = find_segment_roles(self.segmentation_node, exclude)
+        liver = self.reader.mask(roles.liver_id)
+        tumor = self.reader.union(roles.tumor_ids)
+        digests = (liver.digest, tumor.digest if roles.tumor_ids else None)
+        if self._calculator is None or digests != self._inputs_digest:
+            parenchyma = segmentations.image_on_volume_grid(liver.full().astype(np.uint8), self.reference_volume_node)
+            tumor_image = (segmentations.image_on_volume_grid(tumor.full().astype(np.uint8), self.reference_volume_node)
+                           if roles.tumor_ids else None)
             try:
-                self._calculator = FLRCalculator(parenchyma, tumor)
+                self._calculator = FLRCalculator(parenchyma, tumor_image)
             except ValueError as error:
-                raise ValueError(f"liver segment {liver_id!r}: {error}") from error
-        self._input_keys = (fingerprint, digests)
+                raise ValueError(f"liver segment {roles.liver_id!r}: {error}") from error
+            self._inputs_digest = digests
         return self._calculator, digests
 
     def _resection_mask(self, segment_id: str | None):
+        """(digest, full-grid mask) of the painted resection; an edited remnant resects the rest of the liver."""
         if not segment_id:
             return None, None
         segment = self.segmentation_node.GetSegmentation().GetSegment(segment_id)
@@ -408,11 +436,15 @@ class FLRPlanner(DebouncedObserver):
                 f"segment {segment.GetName()!r} is a computed FLR output and is replaced on every update; "
                 "paint the resection in a segment of your own"
             )
-        fingerprint = self._fingerprint([segment_id])
-        if fingerprint != self._resection[0]:
-            mask = segmentations.segments_mask(self.segmentation_node, [segment_id], self.reference_volume_node)
-            self._resection = (fingerprint, mask_digest(mask), mask)
-        return self._resection[1], self._resection[2]
+        painted = self.reader.mask(segment_id)
+        digest = (painted.digest, segment_tag(segment, EDITED_OUTPUT_TAG))
+        if self._resection is None or self._resection[0] != digest:
+            mask = painted.full()
+            if digest[1] == "remnant":
+                mask = ~mask  # keep what the edited remnant holds: everything else of the liver is resected
+            self._resection = (digest, segmentations.image_on_volume_grid(mask.astype(np.uint8),
+                                                                          self.reference_volume_node))
+        return self._resection
 
 
 def compute_flr_in_scene(

@@ -3,10 +3,12 @@
 ``import_results`` turns a worker output folder (``labels.nrrd`` 0/1/2 on the input CT grid,
 ``results.json``) into a NEW segmentation node next to the CT in the subject hierarchy; an earlier
 result, possibly edited by the user, is never reused or overwritten (``find_previous_results`` and
-``was_edited`` let the GUI say so). Measurements are always computed from the CURRENT segments "Liver" and
-"Liver tumor" (found by segment id ``liver`` / ``liver_tumor``, else by name), exported onto the CT's
-voxel grid and combined into a 0/1/2 labelmap (tumor over liver) for ``measurements.measure_labelmap``.
-``MeasurementsUpdater`` recomputes the table after edits, once per burst of segmentation events.
+``was_edited`` let the GUI say so). The new node lies in the CT's study (subject hierarchy) and under the CT's
+parent transform: the worker computes on the CT's own voxel grid, so the labels share that grid and the same
+transform maps both (exact, also under Slicer's non-linear acquisition regularization transform; hardening the
+CT instead would resample it). Measurements are always computed from the CURRENT segments with the liver and
+tumor roles (``scene.roles``: terminology first, then name; any number of tumor segments) on the CT's voxel
+grid. ``MeasurementsUpdater`` recomputes the table after edits, once per burst of segmentation events.
 
 Imports ``slicer`` MRML classes and ``slicer.util`` only, never Qt or ``slicer.app``. Arrays are (z, y, x).
 """
@@ -25,10 +27,19 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from LiverTumorSegLib.core.measurements import LabelmapMeasurements, connected_components, measure_labelmap
+from LiverTumorSegLib.core.box_masks import BoxMask, cropped_image
+from LiverTumorSegLib.core.measurements import (
+    LabelmapMeasurements,
+    connected_components,
+    measure_labelmap,
+    measure_lesions,
+)
 from LiverTumorSegLib.core.terminology import load_segment_definitions
 from LiverTumorSegLib.scene import segmentations
+from LiverTumorSegLib.scene import volumes as scene_bridge
+from LiverTumorSegLib.scene.masks import SegmentMaskReader
 from LiverTumorSegLib.scene.observers import DebouncedObserver
+from LiverTumorSegLib.scene.roles import HU_RANGE_TAG, MissingLiverSegment, find_segment_roles
 from LiverTumorSegLib.scene.tables import Column, find_table, write_table
 
 RESULT_ATTRIBUTE = "LiverTumorSeg.Result"  # "cascade" on nodes made by import_results
@@ -40,10 +51,11 @@ DEMO_ATTRIBUTE = "LiverTumorSeg.DemoModels"  # "true" when any model used is a d
 DEVICE_ATTRIBUTE = "LiverTumorSeg.Device"
 TABLE_SEGMENTATION_ATTRIBUTE = "LiverTumorSeg.MeasurementsOf"  # on the table: segmentation node id
 LESION_TAG = "LiverTumorSeg.Lesion"  # segment tag: lesion id
-HU_RANGE_TAG = "LiverTumorSeg.HURange"  # segment tag: "lower upper"
-LIVER_SEGMENT = ("liver", "Liver")  # (segment id, name) as labelmap_to_segmentation creates them
-TUMOR_SEGMENT = ("liver_tumor", "Liver tumor")
-HU_RANGE_COLOR = (0.35, 0.55, 1.0)
+TUMOR_DEFINITION = "liver_tumor"  # segment_terminology.json id of the tumor segments (lesions share it)
+HU_RANGE_DEFINITION = "hu_range"
+# DICOM SEG export (Slicer's DICOMSegmentationPlugin) reads these segment tags; a non-manual segment needs a name.
+ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"  # MANUAL | SEMIAUTOMATIC | AUTOMATIC
+ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
 
 
 class SceneResultsWarning(UserWarning):
@@ -89,7 +101,10 @@ def import_results(output_dir, volume_node, *, per_lesion_segments: bool = False
     components, largest first as in the lesion table; tumor terminology; one extra labelmap layer, since
     they overlap "Liver tumor"). The node gets the CT as reference geometry, the models and demo flag of
     ``results.json`` as attributes, a content hash (see ``was_edited``), a parent in the subject
-    hierarchy equal to the volume's (its study), a visible display node and a closed surface for 3D.
+    hierarchy equal to the volume's (its study), the volume's parent transform (the labels lie on the
+    volume's own grid, so the same transform places both exactly), a visible display node and a closed
+    surface for 3D. The segments carry the DICOM SEG algorithm tags (automatic, the model ids), so Slicer's
+    DICOM SEG export takes the node when the CT came from the DICOM database (``dicom_seg_export_problems``).
     Nothing is added to the scene when the inputs are unreadable.
     """
     if volume_node is None or volume_node.GetImageData() is None:
@@ -106,7 +121,9 @@ def import_results(output_dir, volume_node, *, per_lesion_segments: bool = False
         if per_lesion_segments:
             _add_lesion_segments(node, labels, volume_node)
         _set_result_attributes(node, volume_node, results)
+        _set_algorithm_tags(node, results)
         place_next_to(node, volume_node)
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
         _show(node)
         node.SetAttribute(CONTENT_HASH_ATTRIBUTE, content_digest(node, volume_node))
     except Exception:  # leave the scene as it was
@@ -119,7 +136,7 @@ def import_results(output_dir, volume_node, *, per_lesion_segments: bool = False
 
 def _lesion_colors(count: int) -> list[tuple[float, float, float]]:
     """Shades of the tumor colour, lighter for larger lesions (all recognisably "tumor")."""
-    red, green, blue = load_segment_definitions()[TUMOR_SEGMENT[0]].color_rgb
+    red, green, blue = load_segment_definitions()[TUMOR_DEFINITION].color_rgb
     hue, saturation, value = colorsys.rgb_to_hsv(red, green, blue)
     return [
         colorsys.hsv_to_rgb(hue, saturation, value * (1.0 - 0.55 * index / max(count - 1, 1)))
@@ -136,7 +153,7 @@ def _add_lesion_segments(node, labels: sitk.Image, volume_node) -> list[str]:
     if count > 255:
         raise ValueError(f"{count} lesions: at most 255 lesion segments can be created")
     segmentation = node.GetSegmentation()
-    entry = load_segment_definitions()[TUMOR_SEGMENT[0]].terminology_entry
+    entry = load_segment_definitions()[TUMOR_DEFINITION].terminology_entry
     segment_ids = vtk.vtkStringArray()
     for lesion_id, color in enumerate(_lesion_colors(count), start=1):
         segment_id = segmentation.GenerateUniqueSegmentID(f"lesion_{lesion_id}")
@@ -161,6 +178,23 @@ def _set_result_attributes(node, volume_node, results: dict) -> None:
     demo = any(bool(model.get("demo_only")) for model in (liver, tumor))
     node.SetAttribute(DEMO_ATTRIBUTE, "true" if demo else "false")
     node.SetAttribute(DEVICE_ATTRIBUTE, str(results.get("device", "")))
+
+
+def set_algorithm(segment, kind: str, name: str) -> None:
+    """Tag how ``segment`` was made for DICOM SEG export: ``kind`` MANUAL, SEMIAUTOMATIC or AUTOMATIC and the
+    algorithm ``name`` (required for the latter two)."""
+    if kind not in ("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"):
+        raise ValueError(f"algorithm type {kind!r} is not MANUAL, SEMIAUTOMATIC or AUTOMATIC")
+    segment.SetTag(ALGORITHM_TYPE_TAG, kind)
+    segment.SetTag(ALGORITHM_NAME_TAG, name)
+
+
+def _set_algorithm_tags(node, results: dict) -> None:
+    models = [model.get("id") for model in (results["models"].get("liver"), results["models"].get("tumor"))
+              if model and model.get("id")]
+    name = "LiverTumorSeg " + " + ".join(models) if models else "LiverTumorSeg"
+    for segment_id in segmentations.segment_ids(node):
+        set_algorithm(node.GetSegmentation().GetSegment(segment_id), "AUTOMATIC", name)
 
 
 def result_info(segmentation_node) -> dict:
@@ -270,45 +304,57 @@ def was_edited(segmentation_node, volume_node=None) -> bool:
 # --- measurements -----------------------------------------------------------------------------------------
 
 
-def find_segment(segmentation_node, segment_id: str, name: str) -> str | None:
-    """Id of the segment with id ``segment_id``, else the first named ``name``; None if neither exists."""
-    segmentation = segmentation_node.GetSegmentation()
-    if segmentation.GetSegment(segment_id) is not None:
-        return segment_id
-    return segmentation.GetSegmentIdBySegmentName(name) or None
+def _role_masks(reader: SegmentMaskReader) -> tuple[BoxMask, BoxMask]:
+    """(liver, union of the tumors) of the CURRENT segments, by the segment-role rule (``scene.roles``)."""
+    roles = find_segment_roles(reader.segmentation_node)
+    reader.forget(keep=roles.all_ids)
+    return reader.mask(roles.liver_id), reader.union(roles.tumor_ids)
 
 
-def _liver_segment(segmentation_node) -> str:
-    liver_id = find_segment(segmentation_node, *LIVER_SEGMENT)
-    if liver_id is None:
-        names = [
-            segmentation_node.GetSegmentation().GetSegment(s).GetName()
-            for s in segmentations.segment_ids(segmentation_node)
-        ]
-        raise ValueError(
-            f"segmentation {segmentation_node.GetName()!r} has no {LIVER_SEGMENT[1]!r} segment "
-            f"(id {LIVER_SEGMENT[0]!r}); segments: {names}"
-        )
-    return liver_id
+def current_labelmap(segmentation_node, volume_node, *, reader: SegmentMaskReader | None = None) -> sitk.Image:
+    """0/1/2 uint8 labelmap on ``volume_node``'s grid of the current segments: 1 the liver segment, 2 every tumor
+    segment (tumor wins where they overlap; see ``scene.roles`` for which segments these are). LPS geometry of
+    the CT. ``MissingLiverSegment`` (a ``ValueError``) when there is no liver."""
+    reader = reader or SegmentMaskReader(segmentation_node, volume_node)
+    liver, tumor = _role_masks(reader)
+    labels_zyx = np.zeros(reader.shape_zyx, np.uint8)
+    if not liver.is_empty:
+        labels_zyx[liver.slices()][liver.box] = 1
+    if not tumor.is_empty:
+        labels_zyx[tumor.slices()][tumor.box] = 2
+    return segmentations.image_on_volume_grid(labels_zyx, volume_node)
 
 
-def current_labelmap(segmentation_node, volume_node) -> sitk.Image:
-    """0/1/2 uint8 labelmap on ``volume_node``'s grid from the current "Liver" and "Liver tumor" segments
-    (tumor wins where they overlap; a missing tumor segment means no tumor). LPS geometry of the CT."""
-    liver = segmentations.segment_mask(segmentation_node, _liver_segment(segmentation_node), volume_node)
-    labels_zyx = sitk.GetArrayFromImage(liver)  # 0/1
-    tumor_id = find_segment(segmentation_node, *TUMOR_SEGMENT)
-    if tumor_id is not None:
-        tumor = segmentations.segment_mask(segmentation_node, tumor_id, volume_node)
-        labels_zyx[sitk.GetArrayViewFromImage(tumor) > 0] = 2
-    labels = sitk.GetImageFromArray(labels_zyx)
-    labels.CopyInformation(liver)
-    return labels
+class SegmentationMeasurer:
+    """Measures the liver and tumor segments of one segmentation on its CT's grid, reading only the segments
+    that changed (``SegmentMaskReader``) and measuring inside their bounding box; the lesion table is
+    recomputed only when the tumor voxels changed. ``measure()`` equals ``measure_labelmap(current_labelmap())``.
+    """
+
+    def __init__(self, segmentation_node, volume_node) -> None:
+        self.reader = SegmentMaskReader(segmentation_node, volume_node)
+        self._lesions: tuple[str, list] | None = None  # (tumor digest, lesion table)
+
+    def measure(self) -> tuple[LabelmapMeasurements, tuple[str, str]]:
+        """The measurements and their content key (liver digest, tumor digest): equal keys, equal tables."""
+        liver, tumor = _role_masks(self.reader)
+        grid = scene_bridge.node_grid(self.reader.reference_volume_node)
+        voxel_ml = float(np.prod(grid.spacing_mm)) / 1000.0
+        overlap = int(np.count_nonzero(liver.region(tumor.start_zyx, tumor.stop_zyx) & tumor.box)) if not (
+            liver.is_empty or tumor.is_empty) else 0
+        parenchyma_ml = (liver.count - overlap) * voxel_ml
+        tumor_ml = tumor.count * voxel_ml
+        key = (liver.digest, tumor.digest)
+        if self._lesions is None or self._lesions[0] != key[1]:
+            lesions = [] if tumor.is_empty else measure_lesions(
+                cropped_image(tumor.box.astype(np.uint8), tumor.start_zyx, grid), tumor_label=1)
+            self._lesions = (key[1], lesions)
+        return LabelmapMeasurements(parenchyma_ml + tumor_ml, parenchyma_ml, tumor_ml, list(self._lesions[1])), key
 
 
 def measure_segmentation(segmentation_node, volume_node) -> LabelmapMeasurements:
-    """``measurements.measure_labelmap`` of ``current_labelmap``: volumes (mL) and the lesion table."""
-    return measure_labelmap(current_labelmap(segmentation_node, volume_node))
+    """Volumes (mL) and the lesion table of the current liver and tumor segments (``SegmentationMeasurer``)."""
+    return SegmentationMeasurer(segmentation_node, volume_node).measure()[0]
 
 
 MEASUREMENT_COLUMNS = (
@@ -346,19 +392,20 @@ def find_measurements_table(segmentation_node):
     return find_table(segmentation_node.GetScene(), TABLE_SEGMENTATION_ATTRIBUTE, segmentation_node.GetID())
 
 
-def update_measurements_table(segmentation_node, volume_node, table_node=None, *, labels=None):
-    """Measure the CURRENT segments (``measure_segmentation``) into a table node, in place.
+def update_measurements_table(segmentation_node, volume_node, table_node=None, *, labels=None, measurements=None):
+    """Measure the CURRENT segments into a table node, in place.
 
     Rows: "Liver (total)", "Liver parenchyma", "Tumor (total)" (with the lesion count and the largest
     lesion diameter), then "Lesion 1", ... (id, volume, longest axial diameter, LPS centroid). Columns
     ``MEASUREMENT_COLUMNS``: numbers are double columns (NaN where a column does not apply), units in the column
     names and as unit labels. Default table: the one written earlier for this segmentation, else a new
-    "<segmentation name> measurements" next to the segmentation in the subject hierarchy. ``labels``:
-    ``current_labelmap`` when the caller has it already.
+    "<segmentation name> measurements" next to the segmentation in the subject hierarchy. ``measurements``
+    (``LabelmapMeasurements``) or ``labels`` (a 0/1/2 labelmap to measure): what the caller has already.
     """
-    if labels is None:
-        labels = current_labelmap(segmentation_node, volume_node)
-    rows = measurement_rows(measure_labelmap(labels))
+    if measurements is None:
+        measurements = (measure_labelmap(labels) if labels is not None
+                        else measure_segmentation(segmentation_node, volume_node))
+    rows = measurement_rows(measurements)
     if table_node is None or table_node.GetScene() is None:
         table_node = find_measurements_table(segmentation_node)
     if table_node is None:
@@ -385,10 +432,10 @@ class MeasurementsUpdater(DebouncedObserver):
 
     Segmentation events (``SEGMENTATION_EVENTS``) mark the updater dirty and call ``schedule_update()``
     once per burst (until the next ``update_if_dirty``); the GUI passes a single-shot ``QTimer.start``
-    whose timeout calls ``update_if_dirty()``. The segments are exported again, but the lesions are measured
-    and the table rewritten only when the liver/tumor labelmap changed (not for e.g. a new HU-range
-    segment, a renamed colour or a regenerated 3D surface). Updates raise ``ValueError`` when the "Liver"
-    segment is gone (the GUI shows the message); call ``remove_observers()`` before dropping the updater.
+    whose timeout calls ``update_if_dirty()``. Only the segments that changed are read again, and the table
+    is rewritten only when the liver or tumor voxels changed (not for e.g. a new HU-range segment, a renamed
+    colour or a regenerated 3D surface); see ``SegmentationMeasurer``. Updates raise ``MissingLiverSegment``
+    (a ``ValueError``) when there is no liver segment; call ``remove_observers()`` before dropping the updater.
     """
 
     def __init__(self, segmentation_node, volume_node, *, schedule_update=None, table_node=None) -> None:
@@ -398,7 +445,8 @@ class MeasurementsUpdater(DebouncedObserver):
         self.segmentation_node = segmentation_node
         self.volume_node = volume_node
         self.table_node = table_node
-        self._last_digest: str | None = None
+        self.measurer = SegmentationMeasurer(segmentation_node, volume_node)
+        self._last_key: tuple | None = None
         self.observe("segmentation", [segmentation_node.GetSegmentation()], SEGMENTATION_EVENTS)
 
     def update_if_dirty(self):
@@ -414,17 +462,15 @@ class MeasurementsUpdater(DebouncedObserver):
 
     def _update(self, force: bool):
         self._start_update()
-        labels = current_labelmap(self.segmentation_node, self.volume_node)
-        labels_zyx = sitk.GetArrayViewFromImage(labels)
-        digest = hashlib.blake2b(labels_zyx.tobytes(), digest_size=16).hexdigest()
+        measurements, key = self.measurer.measure()
         table_alive = self.table_node is not None and self.table_node.GetScene() is not None
-        if not force and table_alive and digest == self._last_digest:
+        if not force and table_alive and key == self._last_key:
             return None
         with self.writing():
             self.table_node = update_measurements_table(
-                self.segmentation_node, self.volume_node, self.table_node, labels=labels
+                self.segmentation_node, self.volume_node, self.table_node, measurements=measurements
             )
-        self._last_digest = digest
+        self._last_key = key
         return self.table_node
 
 
@@ -443,27 +489,28 @@ def _unique_segment_name(segmentation, name: str) -> str:
     return candidate
 
 
-def _region_mask(segmentation_node, volume_node, within_segment: str) -> tuple[np.ndarray, str]:
-    """(z, y, x) bool mask of ``within_segment`` (the liver: Liver + Liver tumor) and its display name."""
+def _region_mask(segmentation_node, volume_node, within_segment: str | None) -> tuple[np.ndarray, str]:
+    """(z, y, x) bool mask of the region the HU range is taken in, and its display name: the whole liver (the
+    liver segment and every tumor segment, ``scene.roles``) when ``within_segment`` is None or names the liver
+    segment, else that one segment."""
+    reader = SegmentMaskReader(segmentation_node, volume_node)
     segmentation = segmentation_node.GetSegmentation()
-    segment_id = (
-        within_segment
-        if segmentation.GetSegment(within_segment) is not None
-        else (segmentation.GetSegmentIdBySegmentName(within_segment))
-    )
-    if not segment_id:
-        names = [segmentation.GetSegment(s).GetName() for s in segmentations.segment_ids(segmentation_node)]
+    if within_segment is None:
+        roles = find_segment_roles(segmentation_node)
+        return reader.union(roles.all_ids).full(), segmentation.GetSegment(roles.liver_id).GetName()
+    try:
+        segment_id = segmentations.resolve_segment_id(segmentation_node, within_segment)
+    except KeyError:
         raise ValueError(
-            f"segmentation {segmentation_node.GetName()!r} has no segment {within_segment!r} to take the "
-            f"HU range in; segments: {names}. Run the segmentation first."
-        )
-    if segment_id == find_segment(segmentation_node, *LIVER_SEGMENT):
-        region = sitk.GetArrayFromImage(current_labelmap(segmentation_node, volume_node)) > 0
-    else:
-        region = (
-            sitk.GetArrayFromImage(segmentations.segment_mask(segmentation_node, segment_id, volume_node)) > 0
-        )
-    return region, segmentation.GetSegment(segment_id).GetName()
+            f"segmentation {segmentation_node.GetName()!r} has no segment {within_segment!r} to take the HU "
+            f"range in; segments: {segmentations.segment_names(segmentation_node)}"
+        ) from None
+    try:
+        roles = find_segment_roles(segmentation_node)
+    except MissingLiverSegment:
+        roles = None
+    ids = roles.all_ids if roles is not None and roles.liver_id == segment_id else (segment_id,)
+    return reader.union(ids).full(), segmentation.GetSegment(segment_id).GetName()
 
 
 def add_hu_range_segment(
@@ -472,16 +519,19 @@ def add_hu_range_segment(
     lower_hu: float,
     upper_hu: float,
     *,
-    within_segment: str = "Liver",
+    within_segment: str | None = None,
     name: str | None = None,
 ):
     """Add a NEW editable segment: the voxels of ``within_segment`` whose CT value is in
     [``lower_hu``, ``upper_hu``] (inclusive). Returns its segment id.
 
-    ``within_segment`` (name or id) "Liver" means the whole liver, "Liver" + "Liver tumor" segments.
-    Default name e.g. "Liver 0-60 HU" (made unique). Existing segments are not modified (the new one gets
-    its own labelmap layer). ``ValueError`` when the segment is missing or ``lower_hu > upper_hu``;
-    ``SceneResultsWarning`` when no voxel is in the range (the empty segment is still added).
+    ``within_segment`` (name or id): None or the liver segment means the whole liver (the liver and every
+    tumor segment, ``scene.roles``); another segment means that segment alone. Default name e.g. "Liver 0-60
+    HU" (made unique). The segment gets the terminology of ``hu_range`` in ``segment_terminology.json`` (liver
+    tissue) and the DICOM SEG algorithm tags (semi-automatic), so that DICOM SEG export accepts it. Existing
+    segments are not modified (the new one gets its own labelmap layer). ``ValueError`` when the segment is
+    missing or ``lower_hu > upper_hu``; ``SceneResultsWarning`` when no voxel is in the range (the empty
+    segment is still added).
     """
     lower_hu, upper_hu = float(lower_hu), float(upper_hu)
     if not (math.isfinite(lower_hu) and math.isfinite(upper_hu)) or lower_hu > upper_hu:
@@ -495,11 +545,14 @@ def add_hu_range_segment(
     selected = region & (ct_zyx >= lower_hu) & (ct_zyx <= upper_hu)
     segmentation = segmentation_node.GetSegmentation()
     segment_name = _unique_segment_name(segmentation, name or _hu_range_name(region_name, lower_hu, upper_hu))
+    definition = load_segment_definitions()[HU_RANGE_DEFINITION]
     segment_id = segmentation.AddEmptySegment(
-        segmentation.GenerateUniqueSegmentID("hu_range"), segment_name, HU_RANGE_COLOR
+        segmentation.GenerateUniqueSegmentID("hu_range"), segment_name, definition.color_rgb
     )
     segment = segmentation.GetSegment(segment_id)
+    segment.SetTerminology(definition.terminology_entry)
     segment.SetTag(HU_RANGE_TAG, f"{lower_hu:g} {upper_hu:g}")
+    set_algorithm(segment, "SEMIAUTOMATIC", "LiverTumorSeg HU range")
     segment.SetNameAutoGenerated(False)
     segment.SetColorAutoGenerated(False)
     try:

@@ -2,8 +2,11 @@
 
 The Slicer widget starts a ``SegmentationRun``, drains ``poll()`` from a ``qt.QTimer`` and calls
 ``finish()`` when ``running()`` turns false; scripts and the self-tests call ``run_blocking()``. The scene
-is changed only when the worker succeeded; the temporary folder (input copy, job, outputs) is removed in
-every outcome.
+is changed only when the worker succeeded and the run's input nodes are still in the scene; the temporary folder
+(input copy, job, outputs) is removed in every outcome. ``cancel()`` returns at once (the worker tree is ended
+in the background); ``abandon()`` is the cancel of a run nobody will finish (scene closed, input changed):
+nothing is imported and the job folder goes once the worker has ended. ``stale_reason`` says when a run must be
+abandoned.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from LiverTumorSegLib.core.cancel import Cancelled
-from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
+from LiverTumorSegLib.core.options import MIN_TUMOR_ML
 from LiverTumorSegLib.scene import volumes as scene_bridge
 from LiverTumorSegLib.worker.job import SegmentationJob
 from LiverTumorSegLib.worker.process import ProgressEvent, WorkerProcess
@@ -72,19 +75,46 @@ class BackgroundRun:
         return self.worker.log
 
     def cancel(self) -> None:
+        """Ask the worker to stop; returns at once (the tree is ended in the background). ``finish()`` then
+        raises ``RunCancelled``."""
         self.worker.cancel()
+
+    def abandon(self) -> None:
+        """Cancel a run that will never be finished: nothing is imported, the job folder is removed as soon as
+        the worker tree has ended. Returns at once."""
+        self.worker.cancel(remove_work_dir=True)
+
+    def input_nodes(self) -> tuple:
+        """The scene nodes the run reads and its result refers to."""
+        return ()
+
+    def stale_reason(self, current_volume_node=None) -> str | None:
+        """Why the run's result could no longer be imported, or None: an input node left the scene (closed scene,
+        deleted node), or ``current_volume_node`` (the volume now selected as input) is another volume."""
+        for node in self.input_nodes():
+            if node is None or node.GetScene() is None:
+                return f"the input of the {self.what} was removed from the scene; nothing was imported"
+        volume = self.input_nodes()[0] if self.input_nodes() else None
+        if current_volume_node is not None and volume is not None and current_volume_node is not volume:
+            return (f"the input volume changed from {volume.GetName()!r} to {current_volume_node.GetName()!r}; "
+                    f"the {self.what} was cancelled")
+        return None
 
     def _read_outputs(self):
         raise NotImplementedError
 
     def finish(self):
-        """After the worker ended: its imported result, or ``RunCancelled``/``RunFailed``; always cleans up."""
+        """After the worker ended: its imported result, or ``RunCancelled``/``RunFailed``; always cleans up. A
+        result whose input nodes left the scene meanwhile is not imported (``RunCancelled``)."""
         try:
             outcome = self.worker.outcome()
             if outcome.cancelled:
                 raise RunCancelled(f"{self.what.capitalize()} cancelled.")
             if not outcome.succeeded:
                 raise RunFailed(outcome.error or f"the {self.what} worker failed:\n" + "\n".join(outcome.log[-5:]))
+            reason = self.stale_reason()
+            if reason is not None:
+                raise RunCancelled(reason[0].upper() + reason[1:] + ".")
             return self._read_outputs()
         finally:
             self.worker.cleanup()
@@ -123,10 +153,14 @@ class SegmentationRun(BackgroundRun):
 
     what = "segmentation"
 
+    def input_nodes(self) -> tuple:
+        return (self.volume_node,)
+
     def start(self) -> None:
-        """Write the volume to the job folder as NRRD (HU, LPS geometry) and start the worker."""
+        """Write the volume to the job folder as NRRD (HU, LPS geometry of its own frame: a parent transform is not
+        applied, the result is placed under the same transform) and start the worker."""
         input_path = self.worker.work_dir / "input.nrrd"
-        sitk.WriteImage(scene_bridge.image_from_volume_node(self.volume_node), str(input_path))
+        sitk.WriteImage(scene_bridge.image_from_volume_node(self.volume_node, local_frame=True), str(input_path))
         job = SegmentationJob(image=str(input_path), output_dir=str(self.worker.output_dir), **self.job_options)
         self.worker.job.update(job.to_json())
         self.worker.start()

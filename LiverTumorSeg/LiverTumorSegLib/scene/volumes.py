@@ -87,8 +87,12 @@ def volume_node_from_image(image: sitk.Image, name: str, scene=None):
     return node
 
 
-def image_from_volume_node(node) -> sitk.Image:
-    """The voxels (copied) and LPS geometry of a scalar or labelmap volume node as a SimpleITK image."""
+def image_from_volume_node(node, *, local_frame: bool = False) -> sitk.Image:
+    """The voxels (copied) and LPS geometry of a scalar or labelmap volume node as a SimpleITK image.
+
+    The geometry is the node's own (a parent transform is not applied): ``SceneGeometryWarning`` says so,
+    unless ``local_frame`` tells that the caller works in that frame on purpose (e.g. a segmentation run whose
+    result is placed under the same transform)."""
     if node is None or node.GetImageData() is None:
         raise ValueError(f"volume node {getattr(node, 'GetName', lambda: None)()!r} has no image data")
     if node.GetImageData().GetNumberOfScalarComponents() != 1:
@@ -96,7 +100,7 @@ def image_from_volume_node(node) -> sitk.Image:
             f"volume {node.GetName()!r} has {node.GetImageData().GetNumberOfScalarComponents()} "
             "components per voxel; a scalar volume is needed"
         )
-    if node.GetParentTransformNode() is not None:
+    if node.GetParentTransformNode() is not None and not local_frame:
         warnings.warn(
             f"volume {node.GetName()!r} is under the transform {node.GetParentTransformNode().GetName()!r};"
             " its untransformed geometry is used",

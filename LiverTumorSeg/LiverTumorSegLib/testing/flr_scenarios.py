@@ -1,38 +1,26 @@
-"""FLR self-test scenarios shared by Slicer's self-test and the headless pytest suite.
+"""FLR self-test scenarios shared by Slicer's self-test and the headless pytest suite, on any CT.
 
-Each scenario is a function ``(scene, work_dir) -> None`` that raises ``AssertionError`` on failure; it
-uses only the compute core and the scene bridge, so it runs inside Slicer (``slicer.mrmlScene``) and on
-the slicer-core wheel. The truth is computed from the phantom labelmap with numpy/scipy, independently of
-``resection.py``: voxel centres are placed with the labelmap's geometry and classified directly.
+Each scenario is a function ``(context) -> None`` (``testing.scenarios.ScenarioContext``) that raises
+``AssertionError`` on failure; it paints its liver and tumors on the given CT (``testing.cases``) and uses only
+the compute core and the scene bridge, so it runs inside Slicer on SampleData's CTLiver and on the slicer-core
+wheel on a phantom. The truth is computed from the painted masks with numpy/scipy, independently of
+``resection.py``: voxel centres are placed with the CT's geometry and classified directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.spatial import cKDTree
 
-from LiverTumorSegLib.io.preview import write_flr_preview
 from LiverTumorSegLib.scene import flr as scene_flr
 from LiverTumorSegLib.scene import segmentations
-from LiverTumorSegLib.scene import volumes as scene_bridge
-from LiverTumorSegLib.synthetic.phantom import make_phantom
+from LiverTumorSegLib.scene.roles import find_segment_roles
+from LiverTumorSegLib.testing.cases import PaintedCase, painted_case
 
-# Small phantom (96 x 96 pixels, 5 mm slices): fast inside Slicer and on CI, anatomy still in mm.
-FLR_PHANTOM = {"seed": 7, "size_xy": 96, "slice_thickness_mm": 5.0, "n_tumors": 2}
 RELATIVE_TOLERANCE = 0.01  # FLR within 1 % of the truth
 MARGIN_MM = 10.0
-
-
-def _case(scene, **phantom_changes):
-    """Phantom -> CT volume node + segmentation ("Liver", "Liver tumor"); returns (phantom, volume, seg)."""
-    phantom = make_phantom(**{**FLR_PHANTOM, **phantom_changes})
-    volume = scene_bridge.volume_node_from_image(phantom.ct, "FLR phantom CT", scene=scene)
-    segmentation = segmentations.labelmap_to_segmentation(phantom.labels, volume, scene=scene)
-    return phantom, volume, segmentation
 
 
 def _centres_lps(image: sitk.Image, mask_zyx: np.ndarray) -> np.ndarray:
@@ -43,15 +31,19 @@ def _centres_lps(image: sitk.Image, mask_zyx: np.ndarray) -> np.ndarray:
     return np.asarray(image.GetOrigin()) + (index_xyz * np.asarray(image.GetSpacing())) @ direction.T
 
 
-def _voxel_ml(image: sitk.Image) -> float:
-    return float(np.prod(image.GetSpacing())) / 1000.0
+def _case(context, hand_tumor: bool = True) -> tuple[PaintedCase, sitk.Image, np.ndarray]:
+    """The painted case, its truth labelmap and the parenchyma (liver minus every tumor) as (z, y, x) bool."""
+    case = painted_case(context.scene, context.ct(), hand_tumor=hand_tumor)
+    return case, case.labels(), case.liver & ~case.tumor
 
 
-def _left_lobe_plane(scene, labels: sitk.Image):
-    """A markups plane placed as a user would, in RAS: 20 mm to the patient's left of the liver centroid,
-    normal pointing left (RAS -x), tilted. Returns (node, LPS point, LPS unit normal) for the truth."""
-    centroid = _centres_lps(labels, sitk.GetArrayViewFromImage(labels) == 1).mean(axis=0)
-    origin_ras = (-(centroid[0] + 20.0), -centroid[1], centroid[2])
+def _plane_through_liver(scene, labels: sitk.Image, parenchyma: np.ndarray):
+    """A markups plane placed as a user would, in RAS: 20 % of the liver's extent to the patient's left of its
+    centroid, tilted, normal pointing left. Returns (node, LPS point, LPS unit normal) for the truth."""
+    centres = _centres_lps(labels, parenchyma)
+    centroid = centres.mean(axis=0)
+    offset = 0.2 * (centres[:, 0].max() - centres[:, 0].min())
+    origin_ras = (-(centroid[0] + offset), -centroid[1], centroid[2])
     normal_ras = (-0.9, 0.3, 0.2)
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "Resection plane")
     node.SetOrigin(*origin_ras)
@@ -61,139 +53,131 @@ def _left_lobe_plane(scene, labels: sitk.Image):
     return node, point_lps, normal_lps / np.linalg.norm(normal_lps)
 
 
-def _remnant_truth(labels: sitk.Image, point_lps, normal_lps, liver_zyx=None) -> tuple[int, int]:
-    """(remnant, parenchyma) voxel counts: parenchyma centres on the plane or behind its normal stay."""
-    parenchyma = sitk.GetArrayViewFromImage(labels) == 1 if liver_zyx is None else liver_zyx
+def _remnant_truth(labels: sitk.Image, parenchyma: np.ndarray, point_lps, normal_lps) -> int:
+    """Remnant voxel count: parenchyma centres on the plane or behind its normal stay."""
     signed_mm = (_centres_lps(labels, parenchyma) - point_lps) @ normal_lps
-    return int(np.count_nonzero(signed_mm <= 0.0)), int(np.count_nonzero(parenchyma))
+    return int(np.count_nonzero(signed_mm <= 0.0))
 
 
 def _assert_close(value: float, truth: float, what: str) -> None:
     assert abs(value - truth) <= RELATIVE_TOLERANCE * abs(truth), f"{what}: {value:.4f}, truth {truth:.4f}"
 
 
-def plane_flr_matches_phantom(scene, work_dir: Path) -> None:
-    """A RAS markups plane through the phantom's liver: FLR within 1 % of the voxel-count truth."""
-    phantom, volume, segmentation = _case(scene)
-    node, point_lps, normal_lps = _left_lobe_plane(scene, phantom.labels)
+def plane_flr_matches_truth(context) -> None:
+    """A RAS markups plane through the painted liver: FLR within 1 % of the voxel-count truth; flipping the plane
+    resects the other side."""
+    case, labels, parenchyma = _case(context)
+    node, point_lps, normal_lps = _plane_through_liver(context.scene, labels, parenchyma)
     scheduled: list[int] = []
-    planner = scene_flr.FLRPlanner(
-        segmentation, volume, schedule_update=lambda: scheduled.append(1), plane_nodes=[node]
-    )
+    planner = scene_flr.FLRPlanner(case.segmentation, case.volume, schedule_update=lambda: scheduled.append(1),
+                                   plane_nodes=[node])
     try:
         out = planner.update_if_dirty()
+        remnant_voxels, parenchyma_voxels = _remnant_truth(labels, parenchyma, point_lps, normal_lps), parenchyma.sum()
+        figures = out.result.figures
+        assert 0.2 < remnant_voxels / parenchyma_voxels < 0.95, "the plane must cut the liver"
+        _assert_close(figures.flr_ml, remnant_voxels * case.voxel_ml, "FLR (mL)")
+        _assert_close(figures.flr_ratio, remnant_voxels / parenchyma_voxels, "FLR ratio")
+        _assert_close(figures.functional_liver_ml, parenchyma_voxels * case.voxel_ml, "functional liver (mL)")
+        assert abs(figures.flr_ml + figures.resected_ml - figures.functional_liver_ml) < 1e-9
+        assert scene_flr.table_values(out.table_node)["flr_ml"] == (f"{figures.flr_ml:.1f}", "mL")
+        scene_flr.flip_plane_normal(node)
+        flipped = planner.update_if_dirty()
+        remnant_after = _remnant_truth(labels, parenchyma, point_lps, -normal_lps)
+        _assert_close(flipped.result.figures.flr_ml, remnant_after * case.voxel_ml, "FLR after the flip (mL)")
     finally:
         planner.remove_observers()
-    remnant_voxels, parenchyma_voxels = _remnant_truth(phantom.labels, point_lps, normal_lps)
-    figures = out.result.figures
-    voxel_ml = _voxel_ml(phantom.labels)
-    assert 0.2 < remnant_voxels / parenchyma_voxels < 0.95, "the plane must cut the liver"
-    _assert_close(figures.flr_ml, remnant_voxels * voxel_ml, "FLR (mL)")
-    _assert_close(figures.flr_ratio, remnant_voxels / parenchyma_voxels, "FLR ratio")
-    _assert_close(figures.functional_liver_ml, parenchyma_voxels * voxel_ml, "functional liver (mL)")
-    assert abs(figures.flr_ml + figures.resected_ml - figures.functional_liver_ml) < 1e-9
-    values = scene_flr.table_values(out.table_node)
-    assert values["flr_ml"] == (f"{figures.flr_ml:.1f}", "mL"), values["flr_ml"]
-    previews = write_flr_preview(
-        phantom.ct, out.result.remnant, out.result.resected, out.result.tumor, Path(work_dir) / "flr_preview"
-    )
-    assert sorted(previews) == ["axial", "coronal", "sagittal"]
-    assert all(path.is_file() and path.stat().st_size > 0 for path in previews.values())
 
 
-def margin_resection_of_one_tumor(scene, work_dir: Path) -> None:
-    """A 10 mm margin around the phantom's one tumor resects exactly the parenchyma within 10 mm of it
-    (nearest-centre search with a k-d tree), and the FLR drops by exactly that volume."""
-    phantom, volume, segmentation = _case(scene, n_tumors=1)
-    labels = sitk.GetArrayViewFromImage(phantom.labels)
-    assert np.any(labels == 2), "the scenario phantom must hold a tumor"
-    planner = scene_flr.FLRPlanner(segmentation, volume, observe=False)
+def margin_resection_of_the_tumors(context) -> None:
+    """A 10 mm margin around every tumor (the hand-added one too) resects exactly the parenchyma within 10 mm of
+    a tumor voxel (nearest-centre search with a k-d tree), and the FLR drops by exactly that volume."""
+    from scipy.spatial import cKDTree
+
+    case, labels, parenchyma = _case(context)
+    planner = scene_flr.FLRPlanner(case.segmentation, case.volume, observe=False)
     before = planner.update().result.figures
     assert before.resected_ml == 0.0 and before.flr_ratio == 1.0
     planner.set_parameters(margin_mm=MARGIN_MM)
     after = planner.update_if_dirty()
-    tree = cKDTree(_centres_lps(phantom.labels, labels == 2))
-    distance_mm, _ = tree.query(
-        _centres_lps(phantom.labels, labels == 1), distance_upper_bound=MARGIN_MM + 1.0
-    )
+    tree = cKDTree(_centres_lps(labels, case.tumor))
+    distance_mm, _ = tree.query(_centres_lps(labels, parenchyma), distance_upper_bound=MARGIN_MM + 1.0)
     within = distance_mm <= MARGIN_MM + 1e-6
-    voxel_ml = _voxel_ml(phantom.labels)
     resected_truth = int(np.count_nonzero(within))
     assert resected_truth > 0, "no parenchyma within the margin"
     figures = after.result.figures
-    assert round(figures.resected_ml / voxel_ml) == resected_truth, (
-        figures.resected_ml / voxel_ml,
-        resected_truth,
-    )
-    assert abs((before.flr_ml - figures.flr_ml) - resected_truth * voxel_ml) < 1e-6
-    assert figures.tumor_ml == before.tumor_ml and figures.total_liver_ml == before.total_liver_ml
-    resected_segment = segmentations.segments_mask(segmentation, [after.segment_ids["resection"]], volume)
-    truth_mask = np.zeros(labels.shape, bool)
-    truth_mask[tuple(np.array(np.nonzero(labels == 1))[:, within])] = True
+    assert round(figures.resected_ml / case.voxel_ml) == resected_truth, (figures.resected_ml / case.voxel_ml,
+                                                                          resected_truth)
+    assert abs((before.flr_ml - figures.flr_ml) - resected_truth * case.voxel_ml) < 1e-6
+    truth_mask = np.zeros(parenchyma.shape, bool)
+    truth_mask[tuple(np.array(np.nonzero(parenchyma))[:, within])] = True
+    resected_segment = segmentations.segments_mask(case.segmentation, [after.segment_ids["resection"]], case.volume)
     assert np.array_equal(sitk.GetArrayViewFromImage(resected_segment) != 0, truth_mask), "resection segment"
 
 
-def edited_liver_updates_the_table(scene, work_dir: Path) -> None:
-    """Erasing part of the liver segment marks the planner dirty, schedules one update, and the table
-    then shows the FLR of the edited liver."""
-    phantom, volume, segmentation = _case(scene)
-    node, point_lps, normal_lps = _left_lobe_plane(scene, phantom.labels)
+def edited_liver_updates_the_table(context) -> None:
+    """Erasing part of the liver segment marks the planner dirty, schedules one update, and the table then shows
+    the FLR of the edited liver."""
+    case, labels, parenchyma = _case(context, hand_tumor=False)
+    node, point_lps, normal_lps = _plane_through_liver(context.scene, labels, parenchyma)
     scheduled: list[int] = []
-    planner = scene_flr.FLRPlanner(
-        segmentation, volume, schedule_update=lambda: scheduled.append(1), plane_nodes=[node]
-    )
+    planner = scene_flr.FLRPlanner(case.segmentation, case.volume, schedule_update=lambda: scheduled.append(1),
+                                   plane_nodes=[node])
     try:
         planner.update_if_dirty()
         assert len(scheduled) == 1 and not planner.dirty, f"{len(scheduled)} schedules before the edit"
-        liver_id, _ = scene_flr.find_input_segments(segmentation)
-        edited = segmentations.segments_mask(segmentation, [liver_id], volume)
-        liver = sitk.GetArrayFromImage(edited)
+        liver_id = find_segment_roles(case.segmentation).liver_id
+        liver = sitk.GetArrayFromImage(segmentations.segments_mask(case.segmentation, [liver_id], case.volume))
         top = np.flatnonzero(liver.any(axis=(1, 2)))[-1]
-        liver[top - 2 :] = 0  # erase the three most superior slices of the liver, as Segment Editor would
-        edited = sitk.GetImageFromArray(liver)
-        edited.CopyInformation(phantom.labels)
-        segmentations.set_segment_mask(segmentation, liver_id, edited, volume)
+        liver[max(top - 2, 0):] = 0  # erase the three most superior slices of the liver, as Segment Editor would
+        segmentations.set_segment_mask(case.segmentation, liver_id,
+                                       segmentations.image_on_volume_grid(liver, case.volume), case.volume)
         assert planner.dirty and len(scheduled) == 2, f"{len(scheduled) - 1} schedules for one edit"
         out = planner.update_if_dirty()
     finally:
         planner.remove_observers()
-    parenchyma = (liver != 0) & (sitk.GetArrayViewFromImage(phantom.labels) != 2)
-    remnant_voxels, parenchyma_voxels = _remnant_truth(phantom.labels, point_lps, normal_lps, parenchyma)
-    voxel_ml = _voxel_ml(phantom.labels)
+    edited = (liver != 0) & ~case.tumor
     values = scene_flr.table_values(out.table_node)
-    assert values["functional_liver_ml"][0] == f"{parenchyma_voxels * voxel_ml:.1f}", values
-    _assert_close(out.result.figures.flr_ml, remnant_voxels * voxel_ml, "FLR of the edited liver (mL)")
-    assert values["flr_ml"][0] == f"{out.result.figures.flr_ml:.1f}"
+    assert values["functional_liver_ml"][0] == f"{edited.sum() * case.voxel_ml:.1f}", values
+    _assert_close(out.result.figures.flr_ml, _remnant_truth(labels, edited, point_lps, normal_lps) * case.voxel_ml,
+                  "FLR of the edited liver (mL)")
 
 
-def users_resection_segment_is_kept(scene, work_dir: Path) -> None:
-    """A segment the user named "Resection" is never overwritten; the output goes to "Resection (computed)"."""
-    phantom, volume, segmentation = _case(scene)
-    node, _, _ = _left_lobe_plane(scene, phantom.labels)
-    own_zyx = np.zeros(sitk.GetArrayViewFromImage(phantom.labels).shape, np.uint8)
-    own_zyx[10:14, 40:50, 40:50] = 1
-    own = sitk.GetImageFromArray(own_zyx)
-    own.CopyInformation(phantom.labels)
-    own_id = segmentation.GetSegmentation().AddEmptySegment("", "Resection")
-    segmentations.set_segment_mask(segmentation, own_id, own, volume)
-    for shift_mm in (0.0, 15.0):  # a first computation, then a plane move
-        origin = [0.0, 0.0, 0.0]
-        node.GetOriginWorld(origin)
-        node.SetOrigin(origin[0] - shift_mm, origin[1], origin[2])
-        out = scene_flr.compute_flr_in_scene(segmentation, volume, plane_nodes=[node])
-        kept = segmentations.segments_mask(segmentation, [own_id], volume)
-        assert np.array_equal(sitk.GetArrayViewFromImage(kept), own_zyx), (
-            "the user's Resection segment changed"
-        )
-        segment = segmentation.GetSegmentation().GetSegment(own_id)
-        assert segment.GetName() == "Resection" and not scene_flr.is_generated(segment)
-        computed = segmentation.GetSegmentation().GetSegment(out.segment_ids["resection"])
-        assert computed.GetName() == "Resection (computed)" and scene_flr.is_generated(computed)
+def users_segments_are_kept(context) -> None:
+    """A segment the user named "Resection" is never overwritten (the output goes to "Resection (computed)"), and a
+    computed output the user edits is kept and resected as painted from then on."""
+    case, labels, parenchyma = _case(context, hand_tumor=False)
+    node, _, _ = _plane_through_liver(context.scene, labels, parenchyma)
+    own_zyx = np.zeros(parenchyma.shape, np.uint8)
+    z, y, x = (int(np.median(axis)) for axis in np.nonzero(parenchyma))
+    own_zyx[z - 1:z + 2, y - 4:y + 4, x - 4:x + 4] = 1
+    segmentation = case.segmentation.GetSegmentation()
+    own_id = segmentation.AddEmptySegment("", "Resection")
+    segmentations.import_labelmap_segments(case.segmentation, own_zyx, [own_id], case.volume)
+    planner = scene_flr.FLRPlanner(case.segmentation, case.volume, plane_nodes=[node], observe=False)
+    out = planner.update()
+    kept = segmentations.segments_mask(case.segmentation, [own_id], case.volume)
+    assert np.array_equal(sitk.GetArrayViewFromImage(kept), own_zyx), "the user's Resection segment changed"
+    assert not scene_flr.is_generated(segmentation.GetSegment(own_id))
+    computed_id = out.segment_ids["resection"]
+    assert segmentation.GetSegment(computed_id).GetName() == "Resection (computed)"
+    edited = sitk.GetArrayFromImage(segmentations.segments_mask(case.segmentation, [computed_id], case.volume))
+    edited |= own_zyx  # the user paints more into the computed resection
+    segmentations.import_labelmap_segments(case.segmentation, edited, [computed_id], case.volume)
+    again = planner.update()
+    assert again.released == (("resection", computed_id),), again.released
+    assert not scene_flr.is_generated(segmentation.GetSegment(computed_id))
+    assert planner.parameters.resection_segment_id == computed_id
+    after = sitk.GetArrayFromImage(segmentations.segments_mask(case.segmentation, [computed_id], case.volume))
+    assert np.array_equal(after, edited), "the user's edit of the computed resection was overwritten"
+    resected = sitk.GetArrayViewFromImage(again.result.resected) != 0
+    assert np.array_equal(resected & (edited != 0) & parenchyma, (edited != 0) & parenchyma), \
+        "the edited resection is not resected"
 
 
-SCENARIOS: dict[str, Callable[[object, Path], None]] = {
-    "flr_plane_matches_phantom": plane_flr_matches_phantom,
-    "flr_margin_resection_of_one_tumor": margin_resection_of_one_tumor,
+SCENARIOS: dict[str, Callable[[object], None]] = {
+    "flr_plane_matches_truth": plane_flr_matches_truth,
+    "flr_margin_resection_of_the_tumors": margin_resection_of_the_tumors,
     "flr_edited_liver_updates_the_table": edited_liver_updates_the_table,
-    "flr_users_resection_segment_is_kept": users_resection_segment_is_kept,
+    "flr_users_segments_are_kept": users_segments_are_kept,
 }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML
+from LiverTumorSegLib.core.options import MIN_TUMOR_ML
 
 
 @dataclass

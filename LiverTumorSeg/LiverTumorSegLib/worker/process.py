@@ -6,8 +6,12 @@ tests use ``subprocess.Popen`` and ``wait()``.
 
 Cancel must end the real worker, not only a launcher in front of it (``PythonSlicer`` is a launcher that
 starts the real interpreter as its child). The worker writes its own PID to ``worker.pid`` in the job
-folder first thing, so ``cancel()`` signals the worker itself (SIGTERM: it stops at the next sliding window
-and removes its partial output), waits, then kills what is left, launcher included.
+folder first thing. ``cancel()`` returns at once (the GUI never waits): it asks the worker to stop (a
+``cancel`` file in the job folder, which the worker watches on every platform, and SIGTERM on POSIX: it
+stops at the next sliding window and removes its partial output) and leaves a background thread to end the
+whole process tree by force (``psutil`` when installed, else ``taskkill /F /T`` on Windows and SIGKILL on
+POSIX) if it has not stopped within the grace period. ``process_alive`` tells whether a PID still runs
+without signalling it (on Windows ``os.kill(pid, 0)`` would send CTRL_C_EVENT).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from typing import Any
 from LiverTumorSegLib.resources import LIBRARY_PARENT
 
 PID_FILE = "worker.pid"
+CANCEL_FILE = "cancel"  # created in the job folder to ask the worker to stop (worker.runner watches it)
+CANCEL_GRACE_S = 10.0
+KILL_WAIT_S = 5.0  # after a forced kill: how long to wait for the processes to be gone
+_STILL_ACTIVE = 259  # Windows GetExitCodeProcess: the process has not ended
 
 
 @dataclass
@@ -91,6 +99,9 @@ class WorkerProcess:
         self._last_error = ""
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._cancel_requested = False
+        self._remove_when_ended = False
+        self._stopper: threading.Thread | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -107,6 +118,7 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [*self._python_path, env.get("PYTHONPATH", "")]))
         env["LIVERTUMOR_WORKER_PID_FILE"] = str(self.work_dir / PID_FILE)
+        env["LIVERTUMOR_WORKER_CANCEL_FILE"] = str(self.work_dir / CANCEL_FILE)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self._extra_env)
         self._process = self._launcher([self.python, "-m", self.module, str(job_file)], env)
@@ -138,6 +150,11 @@ class WorkerProcess:
         return events
 
     def running(self) -> bool:
+        """Whether the worker runs; after ``cancel()`` until its whole tree has ended (so that ``outcome()`` and
+        the clean-up never wait on a process that is still being stopped)."""
+        return self._launcher_running() or (self._stopper is not None and self._stopper.is_alive())
+
+    def _launcher_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def wait(self, timeout_s: float | None = None, on_progress: Callable[[ProgressEvent], None] | None = None
@@ -149,35 +166,78 @@ class WorkerProcess:
                 if on_progress:
                     on_progress(event)
             if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
+                self.cancel(wait=True)
                 break
             time.sleep(0.05)
         return self.outcome(on_progress)
 
     def outcome(self, on_progress: Callable[[ProgressEvent], None] | None = None) -> WorkerOutcome:
+        """How the run ended (waits for the process). A run ended after ``cancel()`` counts as cancelled even when
+        it had to be killed (a forced kill has no exit code of its own)."""
         self._process.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        if self._reader is not None:  # after a forced kill a stray descendant may hold the pipe: do not wait on it
+            self._reader.join(timeout=0.5 if self._cancel_requested else 5)
         for event in self.poll():
             if on_progress:
                 on_progress(event)
-        return WorkerOutcome(self._process.returncode if self._process.returncode >= 0 else 130,
-                             self._last_error, list(self._log))
+        code = self._process.returncode
+        if code < 0 or (self._cancel_requested and code != 0):
+            code = 130
+        return WorkerOutcome(code, self._last_error, list(self._log))
 
-    def cancel(self, grace_s: float = 10.0) -> None:
-        """Stop the worker and everything it started; its partial output is removed by the worker or here."""
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    def cancel(self, grace_s: float = CANCEL_GRACE_S, *, wait: bool = False, remove_work_dir: bool = False) -> None:
+        """Ask the worker to stop and return at once; a background thread kills the whole process tree if it is
+        still running after ``grace_s`` seconds. ``wait``: block until everything has ended (scripts, tests).
+        ``remove_work_dir``: remove the job folder once the tree has ended (a run nobody will ``finish()``)."""
+        self._remove_when_ended = self._remove_when_ended or remove_work_dir
         if self._process is None:
+            if self._remove_when_ended:
+                self.cleanup()
             return
+        if not self._cancel_requested:
+            self._cancel_requested = True
+            try:
+                (self.work_dir / CANCEL_FILE).touch()
+            except OSError:
+                pass
+            if os.name != "nt":  # on Windows the cancel file asks; a console process ignores taskkill without /F
+                for pid in {self._worker_pid(), self._process.pid} - {None}:
+                    _signal(pid, signal.SIGTERM)
+            self._stopper = threading.Thread(target=self._end_tree, args=(grace_s,), daemon=True)
+            self._stopper.start()
+        elif self._remove_when_ended and self._stopper is not None and not self._stopper.is_alive():
+            self.cleanup()
+        if wait and self._stopper is not None:
+            self._stopper.join()
+
+    def _end_tree(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for the worker tree to end, then kill what is left; optionally remove the job
+        folder. Runs in the background thread ``cancel()`` starts."""
         worker_pid = self._worker_pid()
-        for pid in {worker_pid, self._process.pid} - {None}:
-            _signal(pid, signal.SIGTERM)
+        tree = process_tree([pid for pid in (self._process.pid, worker_pid) if pid is not None])
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (self.running() or _alive(worker_pid)):
+        while time.monotonic() < deadline and (self._launcher_running() or any(process_alive(pid) for pid in tree)):
             time.sleep(0.05)
-        for pid in {worker_pid, self._process.pid} - {None}:
-            if _alive(pid):
+        for pid in tree:
+            if process_alive(pid):
                 _kill_hard(pid)
         self._process.wait()
+        deadline = time.monotonic() + KILL_WAIT_S  # a killed process takes a moment to go
+        while time.monotonic() < deadline and any(process_alive(pid) for pid in tree):
+            time.sleep(0.02)
+        if self._remove_when_ended:
+            self.cleanup()
+
+    def wait_until_stopped(self, timeout_s: float | None = None) -> bool:
+        """After ``cancel()``: wait for the background stop to finish; True when everything has ended."""
+        if self._stopper is not None:
+            self._stopper.join(timeout_s)
+            return not self._stopper.is_alive()
+        return not self.running()
 
     def _worker_pid(self) -> int | None:
         try:
@@ -202,38 +262,89 @@ def _parse_progress(line: str) -> ProgressEvent | None:
     return ProgressEvent(str(record["stage"]), record.get("fraction"), str(record.get("message", "")))
 
 
-def _signal(pid: int, signum: int) -> None:
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/T", "/PID", str(pid)], capture_output=True, check=False)
-        return
+def _psutil():
+    """The ``psutil`` module when installed (optional), else None."""
     try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+        import psutil
+    except ImportError:
+        return None
+    return psutil
 
 
-def _kill_hard(pid: int) -> None:
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
-    else:
-        _signal(pid, signal.SIGKILL)
+def process_tree(pids: Sequence[int]) -> list[int]:
+    """``pids`` and, with ``psutil``, all their descendants (collected now, while the parents still run)."""
+    found = list(dict.fromkeys(pids))
+    psutil = _psutil()
+    if psutil is None:
+        return found
+    for pid in list(found):
+        try:
+            found += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return list(dict.fromkeys(found))
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` is running (an exited process not yet reaped by its parent counts as ended). Never
+    sends a signal: ``os.kill(pid, 0)`` is used on POSIX only (on Windows it would send CTRL_C_EVENT)."""
     if pid is None:
         return False
+    psutil = _psutil()
+    if psutil is not None:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:
+            return True
     if os.name == "nt":
-        result = subprocess.run(["tasklist", "/FI", f"PID eq {pid}"], capture_output=True, text=True, check=False)
-        return str(pid) in result.stdout
+        return _windows_process_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie (exited, not yet reaped by its parent) counts as ended
-    try:
+    try:  # a zombie (exited, not yet reaped by its parent) counts as ended
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _windows_process_alive(pid: int) -> bool:
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = wintypes.DWORD()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == _STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def _kill_hard(pid: int) -> None:
+    """End ``pid`` (and on Windows its tree) by force."""
+    psutil = _psutil()
+    if psutil is not None:
+        try:
+            psutil.Process(pid).kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+        return
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
+    else:
+        _signal(pid, signal.SIGKILL)

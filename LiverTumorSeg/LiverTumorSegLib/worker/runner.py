@@ -1,5 +1,6 @@
 """What every background worker shares: the job's failure types and exit codes, progress lines on stdout,
-cancellation by signal or a vanished parent, and outputs published all at once.
+cancellation by signal, by a cancel file the parent creates (``LIVERTUMOR_WORKER_CANCEL_FILE``; the one way to
+ask a console process on Windows) or by a vanished parent, and outputs published all at once.
 
 ``serve(argv, run, program)`` is the ``main`` of the segmentation worker (``python -m LiverTumorSegLib.worker``)
 and of the staging worker (``python -m TNMStagingLib.worker``): it reads the job file, calls ``run(job, emit,
@@ -116,13 +117,15 @@ def _announce_pid() -> None:
         Path(pid_file).write_text(str(os.getpid()))
 
 
-def _watch_parent(cancel: threading.Event, interval_s: float = 1.0) -> None:
-    """Cancel when the parent process goes away (Slicer closed or crashed): no orphan keeps computing."""
+def _watch_parent(cancel: threading.Event, interval_s: float = 0.2) -> None:
+    """Cancel when the parent process goes away (Slicer closed or crashed: no orphan keeps computing) or when
+    the cancel file the parent names in ``LIVERTUMOR_WORKER_CANCEL_FILE`` appears."""
     parent = os.getppid()
+    cancel_file = os.environ.get("LIVERTUMOR_WORKER_CANCEL_FILE")
 
     def watch() -> None:
         while not cancel.wait(interval_s):
-            if os.getppid() != parent:
+            if os.getppid() != parent or (cancel_file and os.path.exists(cancel_file)):
                 cancel.set()
 
     threading.Thread(target=watch, daemon=True).start()

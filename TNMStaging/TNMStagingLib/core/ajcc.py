@@ -37,6 +37,7 @@ makes M1c, stage IVC.
 
 from __future__ import annotations
 
+import enum
 import math
 import numbers
 from collections.abc import Iterable
@@ -60,6 +61,106 @@ _VASCULAR_TEXT = {
     "suspected": "vascular invasion suspected on imaging (counted as present, not major)",
     "major": "invasion of a major branch of the portal or hepatic vein",
 }
+
+
+class _Labelled(enum.Enum):
+    """A choice of the staging form with a readable label (Slicer's parameter-node combo boxes show ``label()``)."""
+
+    def label(self) -> str:
+        return _LABELS[type(self).__name__][self.value]
+
+
+class TumorType(_Labelled):
+    hcc = "hcc"
+    crlm = "crlm"
+
+
+class VascularInvasion(_Labelled):
+    none = "none"
+    suspected = "suspected"
+    major = "major"
+
+
+class NodalStatus(_Labelled):
+    """Every N category the rules accept: N0/N1 for HCC, NX to N2b for colorectal metastases."""
+
+    NX = "NX"
+    N0 = "N0"
+    N1 = "N1"
+    N1a = "N1a"
+    N1b = "N1b"
+    N1c = "N1c"
+    N2 = "N2"
+    N2a = "N2a"
+    N2b = "N2b"
+
+
+class DistantMetastasis(_Labelled):
+    """Every M input the rules accept: M0/M1 for HCC; for colorectal metastases the metastasis beyond the liver
+    (M0: none, so the liver lesions make M1a; M1/M1b another organ; M1c the peritoneum)."""
+
+    M0 = "M0"
+    M1 = "M1"
+    M1b = "M1b"
+    M1c = "M1c"
+
+
+_LABELS = {
+    "TumorType": {
+        "hcc": "Hepatocellular carcinoma (AJCC liver chapter)",
+        "crlm": "Colorectal liver metastases (M1a, stage IVA)",
+    },
+    "VascularInvasion": {
+        "none": "None",
+        "suspected": "Suspected on imaging, not major (T2 if solitary > 2 cm)",
+        "major": "Major branch of the portal or hepatic vein (T4)",
+    },
+    "NodalStatus": {
+        "NX": "NX: cannot be assessed (colorectal)",
+        "N0": "N0: no regional lymph node metastasis",
+        "N1": "N1: regional lymph node metastasis",
+        "N1a": "N1a: one regional node (colorectal)",
+        "N1b": "N1b: two or three regional nodes (colorectal)",
+        "N1c": "N1c: tumor deposits, nodes negative (colorectal)",
+        "N2": "N2: four or more regional nodes (colorectal)",
+        "N2a": "N2a: four to six regional nodes (colorectal)",
+        "N2b": "N2b: seven or more regional nodes (colorectal)",
+    },
+    "DistantMetastasis": {
+        "M0": "M0: no distant metastasis (colorectal: liver only, M1a)",
+        "M1": "M1: distant metastasis (colorectal: another organ too, M1b)",
+        "M1b": "M1b: metastases in more than one organ (colorectal)",
+        "M1c": "M1c: peritoneal metastasis (colorectal)",
+    },
+}
+
+
+def allowed_n(tumor_type) -> tuple[NodalStatus, ...]:
+    """The N categories the rules accept for ``tumor_type`` (a ``TumorType`` or its value)."""
+    names = HCC_N if _value(tumor_type) == "hcc" else CRLM_N
+    return tuple(NodalStatus(name) for name in names)
+
+
+def allowed_m(tumor_type) -> tuple[DistantMetastasis, ...]:
+    """The M inputs the rules accept for ``tumor_type``."""
+    names = HCC_M if _value(tumor_type) == "hcc" else CRLM_M
+    return tuple(DistantMetastasis(name) for name in names)
+
+
+def coerce_findings(tumor_type, n, m) -> tuple[NodalStatus, DistantMetastasis]:
+    """``(n, m)`` kept when the rules of ``tumor_type`` accept them, else the type's default (HCC N0, colorectal
+    NX; M0): what the form shows after the user switches the tumor type."""
+    n, m = NodalStatus(_value(n)), DistantMetastasis(_value(m))
+    if n not in allowed_n(tumor_type):
+        n = NodalStatus.N0 if _value(tumor_type) == "hcc" else NodalStatus.NX
+    if m not in allowed_m(tumor_type):
+        m = DistantMetastasis.M0
+    return n, m
+
+
+def _value(choice):
+    """The plain value of a choice given as an enum member or as its value."""
+    return choice.value if isinstance(choice, enum.Enum) else choice
 
 
 @dataclass(frozen=True)
@@ -238,12 +339,14 @@ def stage(
     tumor_type: str = "hcc",
 ) -> StageResult:
     """Stage by tumour type: ``"hcc"`` -> :func:`stage_hcc` (``n`` None -> N0), ``"crlm"`` -> :func:`stage_crlm`.
+    Choices may be given as the enum members of this module (``TumorType.hcc``) or as their values.
 
     For ``"crlm"`` the HCC T findings (vascular invasion, adjacent organ, perforation) are validated but do
     not change the result; the explanation says so when one is set.
     """
-    tumor_type = _choice(tumor_type, TUMOR_TYPES, "tumour type")
-    vascular = _choice(vascular_invasion, VASCULAR_INVASION, "vascular invasion")
+    tumor_type = _choice(_value(tumor_type), TUMOR_TYPES, "tumour type")
+    vascular = _choice(_value(vascular_invasion), VASCULAR_INVASION, "vascular invasion")
+    n, m = (None if n is None else _value(n)), _value(m)
     if tumor_type == "hcc":
         return stage_hcc(
             diameters_mm,

@@ -78,11 +78,14 @@ class StagingRun(BackgroundRun):
 
     what = "staging"
 
+    def input_nodes(self) -> tuple:
+        return (self.volume_node, self.segmentation_node)
+
     def start(self) -> None:
         """Write the CT and the current segments (0/1/2 on the CT grid) to the job folder; start the worker."""
         labels = current_labelmap(self.segmentation_node, self.volume_node)  # raises when there is no liver
         image_path, labels_path = self.worker.work_dir / "ct.nrrd", self.worker.work_dir / "labels.nrrd"
-        sitk.WriteImage(scene_bridge.image_from_volume_node(self.volume_node), str(image_path))
+        sitk.WriteImage(scene_bridge.image_from_volume_node(self.volume_node, local_frame=True), str(image_path))
         sitk.WriteImage(labels, str(labels_path), useCompression=True)
         self.worker.job.update({"image": str(image_path), "labels": str(labels_path)})
         self.worker.start()
