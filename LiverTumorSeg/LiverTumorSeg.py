@@ -122,6 +122,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addHuRangeButton.connect("clicked(bool)", self.onAddHuRangeSegment)
         self.ui.computeFlrButton.connect("clicked(bool)", self.onComputeFlr)
         self.ui.flipPlaneButton.connect("clicked(bool)", self.onFlipPlane)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.liverModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
         self.ui.tumorModelComboBox.connect("currentIndexChanged(int)", self._onModelChoice)
         self.ui.paintedSegmentSelector.connect("currentSegmentChanged(QString)", self._onPaintedSegment)
@@ -228,6 +229,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addHuRangeButton.enabled = hasSegmentation and hasVolume
         self.ui.computeFlrButton.enabled = hasSegmentation and hasVolume
         self.ui.flipPlaneButton.enabled = bool(node and node.resectionPlane)
+        self.ui.exportDicomButton.enabled = hasSegmentation and hasVolume
         if node is None:
             return
         self._selectModelItems()
@@ -368,6 +370,18 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif report.flr is not None:
             self._showFlr(report.flr)
 
+    # --- results to DICOM ---------------------------------------------------------------------------
+    def onExportDicom(self) -> None:
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Export to DICOM failed."), waitCursor=True):
+            planner = self._live.planner
+            flr = planner.last.result.figures.to_dict() if planner is not None and planner.last else None
+            paths = self.logic.exportToDicom(node.outputSegmentation, node.inputVolume, flrFigures=flr)
+            if paths:
+                self.ui.exportStatusLabel.text = _(
+                    "DICOM SEG and report added to the DICOM database under the CT's study: {files}. Send them "
+                    "with the DICOM module.").format(files=", ".join(path.name for path in paths))
+
     def _showFlr(self, result) -> None:
         figures = result.result.figures.to_dict()
         self.ui.flrTableView.setMRMLTableNode(result.table_node)
@@ -474,6 +488,32 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         from LiverTumorSegLib.resources import REQUIREMENTS_FILE
 
         return ensurePythonPackages([REQUIREMENTS_FILE], _("Liver segmentation"), askUser, inTesting)
+
+    def exportToDicom(self, segmentationNode, volumeNode, flrFigures=None, askUser: bool = True) -> list[pathlib.Path]:
+        """Write a DICOM SEG and a DICOM SR (TID 1500) of the CURRENT segments of ``segmentationNode`` and import
+        them into Slicer's DICOM database, under the study of ``volumeNode`` (a CT loaded from that database).
+        ``flrFigures``: the planned resection's figures (``FLRFigures.to_dict()``), else the FLR table's.
+        Returns the files' names as written (the database keeps copies); [] when the user declined the install."""
+        import shutil
+        import time
+
+        from DICOMLib import DICOMUtils
+
+        from LiverTumorSegLib.scene import dicom_export
+
+        if not self.ensureDependencies(askUser):  # highdicom is among the worker's requirements
+            return []
+        database = slicer.dicomDatabase
+        if database is None or not database.isOpen:
+            raise ValueError(_("Slicer's DICOM database is not open: open the DICOM module once, then export."))
+        outDir = pathlib.Path(slicer.app.temporaryPath) / "LiverTumorSeg-DICOM-export" / time.strftime("%Y%m%d-%H%M%S")
+        try:
+            return dicom_export.export_to_dicom_database(
+                segmentationNode, volumeNode, outDir, file_for_instance=database.fileForInstance,
+                import_files=lambda paths: DICOMUtils.importDicom(str(outDir), database, copyFiles=True),
+                flr=flrFigures)
+        finally:
+            shutil.rmtree(outDir, ignore_errors=True)
 
     def startSegmentationFromParameters(self, parameterNode, launcher=None):
         """Start the run the panel describes: its CT, models (defaults when not chosen) and options."""
