@@ -157,9 +157,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, overwrite
 
 
 def write_image(image: sitk.Image, path: str | Path, *, overwrite: bool = False, compress: bool = True) -> Path:
-    """``sitk.WriteImage`` through ``atomic_write`` (the file format follows ``path``'s extension)."""
-    return atomic_write(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=compress),
-                        overwrite=overwrite)
+    """``sitk.WriteImage`` through ``atomic_write`` (the file format follows ``path``'s extension), the written
+    file read back before it is published (``check_written_image``)."""
+    def write(temporary: Path) -> None:
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
+        check_written_image(temporary, image)
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def check_written_image(path: Path, image: sitk.Image) -> None:
+    """Raise unless ``path`` reads back as ``image``'s size. SimpleITK does not report every failed write: on a
+    full disk its NRRD writer returns normally and leaves an empty or truncated file. The header is always read
+    back; the whole file when the disk is (nearly) full. A file that does not read back on a full disk raises
+    ``OSError`` ENOSPC, otherwise ``OutputError``."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    full = shutil.disk_usage(path.parent).free < DISK_FULL_BYTES
+    try:
+        size = reader.Execute().GetSize() if full else (reader.ReadImageInformation(), reader.GetSize())[1]
+    except RuntimeError as error:
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
+        raise OutputError(f"the file written for {path.name} cannot be read back") from error
+    if tuple(size) != tuple(image.GetSize()):
+        raise OutputError(f"the file written for {path.name} reads back as {size} voxels, not {image.GetSize()}")
 
 
 def write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:

@@ -33,6 +33,7 @@ from LiverTumorSegLib.io.atomic import (
     check_free_space,
     check_output_folder,
     locked_output_folder,
+    write_image,
 )
 from LiverTumorSegLib.io.dicom_checks import DicomInputWarning
 from LiverTumorSegLib.io.seg_nrrd import write_seg_nrrd
@@ -249,7 +250,7 @@ def _results_document(source, image, result, liver, tumor, timings, notes: list[
 def _write_outputs(out_dir: Path, labels: sitk.Image, results: dict, cancel: threading.Event,
                    overwrite: bool) -> None:
     def write(staging: Path) -> None:
-        sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt8), str(staging / "labels.nrrd"), useCompression=True)
+        write_image(sitk.Cast(labels, sitk.sitkUInt8), staging / "labels.nrrd")
         write_seg_nrrd(labels, staging / "segmentation.seg.nrrd", segment_specs())
         (staging / "results.json").write_text(json.dumps(results, indent=2))
 
