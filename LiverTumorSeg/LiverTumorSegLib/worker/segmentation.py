@@ -141,6 +141,7 @@ def run_job(job: SegmentationJob | dict, emit: Callable[[dict], None], cancel: t
     progress = ProgressReporter(emit)
     out_dir = Path(job.output_dir)
     started = time.perf_counter()
+    _check_input_exists(job)
     _check_output_folder(out_dir, job)
     device = _device(job)
     try:
@@ -195,6 +196,16 @@ def _reported_warnings() -> Iterator[list[str]]:
 def _show(progress: ProgressReporter, notes: list[str], fraction: float) -> None:
     for note in notes:
         progress("warning", fraction, note)
+
+
+def _check_input_exists(job: SegmentationJob) -> None:
+    """The input image is a file, the DICOM input a folder (named first: a wrong input explains more)."""
+    if job.image is not None and not Path(job.image).is_file():
+        found = ("is a folder (give the CT file, or the folder with --dicom)" if Path(job.image).is_dir()
+                 else "does not exist")
+        raise JobError(f"input image {job.image} {found}", EXIT_BAD_INPUT)
+    if job.dicom is not None and not Path(job.dicom).is_dir():
+        raise JobError(f"DICOM folder {job.dicom}: no such folder", EXIT_BAD_INPUT)
 
 
 def _check_output_folder(out_dir: Path, job: SegmentationJob) -> None:
