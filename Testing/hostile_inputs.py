@@ -12,7 +12,8 @@ a full disk and folders that even root cannot use.
   before ``exec``; uid 0 keeps access to the interpreter under /root). As another user ``chmod`` binds anyway.
   ``require_permissions_bind()`` skips, with the reason, when neither works.
 - ``phantom_ct()``: a small phantom CT (64 x 64 x 47, HU); ``write_dicom_series(ct, folder, edit)`` writes it as
-  a DICOM series and applies ``edit(dataset, index)`` to every file (RescaleSlope 0, tags removed...).
+  a DICOM series and applies ``edit(dataset, index)`` to every file (``set_rescale_slope("0")``,
+  ``remove_rescale_tags``...).
 """
 
 from __future__ import annotations
@@ -155,3 +156,16 @@ def write_dicom_series(ct: sitk.Image, folder: Path,
             edit(dataset, index)
             dataset.save_as(path)
     return folder
+
+
+def set_rescale_slope(value: str) -> Callable[[pydicom.Dataset, int], None]:
+    """A ``write_dicom_series`` edit writing RescaleSlope ``value`` into every file."""
+    def edit(dataset: pydicom.Dataset, index: int) -> None:
+        dataset.RescaleSlope = value
+    return edit
+
+
+def remove_rescale_tags(dataset: pydicom.Dataset, index: int) -> None:
+    """A ``write_dicom_series`` edit deleting Rescale Slope and Intercept (stored values then read as HU)."""
+    del dataset.RescaleSlope
+    del dataset.RescaleIntercept

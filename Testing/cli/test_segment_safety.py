@@ -23,7 +23,9 @@ from hostile_inputs import (  # noqa: F401 - tiny_disk is a fixture
     livertumor,
     phantom_ct,
     phantom_labels,
+    remove_rescale_tags,
     require_permissions_bind,
+    set_rescale_slope,
     tiny_disk,
     write_dicom_series,
 )
@@ -92,21 +94,10 @@ def test_an_implausible_ct_is_refused_before_the_models(tmp_path, models, case, 
     assert not (tmp_path / "out").exists(), line
 
 
-def _slope(value: str):
-    def edit(dataset, index):
-        dataset.RescaleSlope = value
-    return edit
-
-
-def _no_rescale_tags(dataset, index):
-    del dataset.RescaleSlope
-    del dataset.RescaleIntercept
-
-
 @pytest.mark.parametrize(("case", "edit", "needles"), [
-    ("RescaleSlope 0", _slope("0"), ["RescaleSlope is 0 in 47 of 47 files", "would read -1024 HU"]),
-    ("Rescale tags missing", _no_rescale_tags, ["no air near -1000 HU", "Rescale Slope/Intercept missing in 47 of 47"]),
-    ("RescaleSlope 1000", _slope("1000"), ["outside -1100..3100 HU", "RescaleSlope 1000"]),
+    ("RescaleSlope 0", set_rescale_slope("0"), ["RescaleSlope is 0 in 47 of 47 files", "would read -1024 HU"]),
+    ("Rescale tags missing", remove_rescale_tags, ["no air near -1000 HU", "Rescale Slope/Intercept missing in 47 of 47"]),
+    ("RescaleSlope 1000", set_rescale_slope("1000"), ["outside -1100..3100 HU", "RescaleSlope 1000"]),
 ])
 def test_dicom_rescale_faults_are_named_and_refused(tmp_path, models, case, edit, needles):
     series = write_dicom_series(phantom_ct(), tmp_path / "dicom", edit)

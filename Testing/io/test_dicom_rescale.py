@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import pytest
-from hostile_inputs import phantom_ct, write_dicom_series
+from hostile_inputs import phantom_ct, remove_rescale_tags, set_rescale_slope, write_dicom_series
 
 from LiverTumorSegLib.core.plausibility import RESCALE_NOTE_KEY, ImplausibleInputError, check_ct
 from LiverTumorSegLib.io.dicom_io import DicomInputError, DicomInputWarning, load_series
 
 
-def _slope(value: str):
-    def edit(dataset, index):
-        dataset.RescaleSlope = value
-    return edit
-
-
-def _no_rescale_tags(dataset, index):
-    del dataset.RescaleSlope
-    del dataset.RescaleIntercept
-
-
 def test_slope_zero_is_refused_by_the_loader(tmp_path):
-    folder = write_dicom_series(phantom_ct(), tmp_path / "slope0", _slope("0"))
+    folder = write_dicom_series(phantom_ct(), tmp_path / "slope0", set_rescale_slope("0"))
     with pytest.raises(DicomInputError, match=r"RescaleSlope is 0 in 47 of 47 files of series .* every voxel of "
                                               r"them would read -1024 HU"):
         load_series(folder)
 
 
 def test_slope_zero_in_one_file_names_it(tmp_path):
-    folder = write_dicom_series(phantom_ct(), tmp_path / "one", lambda ds, index: index == 7 and _slope("0")(ds, 7))
+    zero = set_rescale_slope("0")
+    folder = write_dicom_series(phantom_ct(), tmp_path / "one", lambda ds, index: index == 7 and zero(ds, index))
     with pytest.raises(DicomInputError, match=r"RescaleSlope is 0 in 1 of 47 files \(IM0007.dcm\)"):
         load_series(folder)
 
 
 def test_missing_rescale_tags_are_warned_about_and_named_by_the_gate(tmp_path):
-    folder = write_dicom_series(phantom_ct(), tmp_path / "tags", _no_rescale_tags)
+    folder = write_dicom_series(phantom_ct(), tmp_path / "tags", remove_rescale_tags)
     with pytest.warns(DicomInputWarning, match="Rescale Slope/Intercept missing in 47 of 47 files"):
         image = load_series(folder)
     assert "missing in 47 of 47 files" in image.GetMetaData(RESCALE_NOTE_KEY)
@@ -44,7 +34,7 @@ def test_missing_rescale_tags_are_warned_about_and_named_by_the_gate(tmp_path):
 
 
 def test_an_implausible_slope_is_refused_by_the_gate_with_the_slope_named(tmp_path):
-    folder = write_dicom_series(phantom_ct(), tmp_path / "slope1000", _slope("1000"))
+    folder = write_dicom_series(phantom_ct(), tmp_path / "slope1000", set_rescale_slope("1000"))
     with pytest.warns(DicomInputWarning, match="RescaleSlope 1000"):
         image = load_series(folder)
     with pytest.raises(ImplausibleInputError, match=r"outside -1100..3100 HU.*RescaleSlope 1000"):
