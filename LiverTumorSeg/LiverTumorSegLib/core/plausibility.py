@@ -88,7 +88,7 @@ def hu_statistics(array: np.ndarray) -> HUStatistics:
     low, high = np.percentile(body, [0.5, 99.5])
     return HUStatistics(
         minimum_hu=minimum, maximum_hu=maximum, p005_hu=float(low), p995_hu=float(high),
-        distinct_values=int(np.unique(sample[: min(sample.size, SAMPLE_VOXELS)]).size),
+        distinct_values=int(np.unique(sample).size),
         outside_fraction=float(np.mean((body < PLAUSIBLE_HU[0]) | (body > PLAUSIBLE_HU[1]))),
         air_fraction=float(np.mean(body <= AIR_MAX_HU)),
         soft_tissue_fraction=float(np.mean((body >= SOFT_TISSUE_HU[0]) & (body <= SOFT_TISSUE_HU[1]))),
