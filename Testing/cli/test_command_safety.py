@@ -69,7 +69,7 @@ def test_convert_keeps_an_existing_file_unless_overwrite(tmp_path, files):
 
 def test_convert_onto_a_full_disk_leaves_nothing_that_blocks_the_next_run(tiny_disk, files):  # noqa: F811
     out = tiny_disk / "ct.nrrd"
-    assert_refused(livertumor("dicom", "convert", files["dicom"], "--out", out), "not enough free space")
+    assert_refused(livertumor("dicom", "convert", files["dicom"], "--out", out), f"--out {out}: not enough free space")
     assert leftovers(tiny_disk) == []
     small = write_dicom_series(phantom_ct()[:, :, :10], tiny_disk.parent / "small")
     done = livertumor("dicom", "convert", small, "--out", out)  # fits: no 0-byte file in the way
@@ -111,7 +111,7 @@ def test_preview_keeps_existing_pngs_and_a_full_disk_leaves_nothing(tmp_path, ti
     assert _digest(out / "abdomen_axial.png") == before
     fill(tiny_disk)
     full = livertumor("preview", "--image", files["ct"], "--labels", files["labels"], "--out", tiny_disk / "p")
-    assert_refused(full, "no space left on the device")
+    assert_refused(full, f"cannot write {tiny_disk / 'p'}/abdomen_", "no space left on the device")
     assert leftovers(tiny_disk) == ["filler.bin"]
 
 

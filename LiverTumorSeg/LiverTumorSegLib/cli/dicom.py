@@ -51,7 +51,7 @@ def _cli_convert(args: argparse.Namespace) -> int:
         check_output_file(args.out, inputs=[args.folder], overwrite=args.overwrite)
         image = load_series(args.folder, args.series, resample_nonuniform=args.resample_nonuniform)
         voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
-        check_free_space(args.out.parent, voxel_bytes, "--out")  # uncompressed: the worst case
+        check_free_space(args.out, voxel_bytes, "--out")  # uncompressed: the worst case
         write_image(image, args.out, overwrite=args.overwrite)
         print(args.out)
         return 0

@@ -221,6 +221,8 @@ def staged_folder(out_dir: str | Path, names: Sequence[str] | None = None, *,
         yield staging
         written = sorted(item.name for item in staging.iterdir()) if names is None else list(names)
         publish_files(staging, out_dir, written, overwrite=overwrite)
+    except OutputError as error:  # from an atomic write inside: name the destination, not the temporary folder
+        raise type(error)(str(error).replace(str(staging), str(out_dir))) from error
     except (OSError, RuntimeError) as error:  # RuntimeError: SimpleITK's writers
         raise OutputError(f"cannot write into {out_dir}: {output_failure_reason(out_dir, error)}") from error
     finally:
@@ -294,11 +296,12 @@ def check_output_folder(out_dir: str | Path, *, inputs: Iterable[str | Path | No
 
 
 def check_free_space(path: str | Path, needed_bytes: int, what: str = "--out") -> None:
-    """``OutputError`` when the disk holding ``path`` (or its nearest existing parent) has less than
-    ``needed_bytes`` free."""
+    """``OutputError`` when the disk holding ``path`` (a folder or a file, existing or not; else its nearest
+    existing parent) has less than ``needed_bytes`` free."""
     if needed_bytes <= 0:
         return
-    folder = _existing_ancestor(Path(path), what)
+    path = Path(path)
+    folder = _existing_ancestor(path.parent if path.is_file() else path, what)
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise OutputError(f"{what} {path}: not enough free space on its disk (about {_megabytes(needed_bytes)} "
