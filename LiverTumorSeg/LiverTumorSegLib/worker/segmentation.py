@@ -130,13 +130,11 @@ def load_models(job: SegmentationJob, cancel: threading.Event):
 def run_job(job: SegmentationJob | dict, emit: Callable[[dict], None], cancel: threading.Event) -> dict:
     """Run one job; returns the results dict (also written as results.json). Raises ``JobError``.
 
-    Everything that can be checked is checked before the models run: the output folder (writable, not a file,
-    not inside the input, free of earlier outputs unless ``overwrite``, room for the outputs), the device and
-    the CT (plausibility gate). The output folder is locked for the whole job: a second job into the same
-    folder fails at once.
+    Everything that can be checked is checked before the models run: the input exists, the output folder
+    (writable, not a file, not inside the input, free of earlier outputs unless ``overwrite``, room for the
+    outputs), the device and the CT (plausibility gate). The output folder is locked for the whole job: a second
+    job into the same folder fails at once.
     """
-    from LiverTumorSegLib.core import cascade
-
     job = job if isinstance(job, SegmentationJob) else SegmentationJob.from_json(job)
     progress = ProgressReporter(emit)
     out_dir = Path(job.output_dir)
@@ -147,39 +145,55 @@ def run_job(job: SegmentationJob | dict, emit: Callable[[dict], None], cancel: t
     try:
         with locked_output_folder(out_dir):
             check_output_dir(out_dir, OUTPUT_FILES, overwrite=job.overwrite)
-            progress("load", 0.0, "reading the CT")
-            with _reported_warnings() as notes:
-                image, source = load_input(job)
-                notes += check_input(image, job)
-            _show(progress, notes, 0.05)
-            _check_free_space(out_dir, image)
-            progress("models", 0.05, f"loading models on {device}")
-            liver, tumor = load_models(job, cancel)
-            timings = {"load_s": time.perf_counter() - started}
-
-            def on_cascade(stage: str, fraction: float, message: str) -> None:
-                progress(stage, 0.1 + 0.8 * fraction, message)
-
-            with _reported_warnings() as cascade_notes:
-                try:
-                    result = cascade.run_cascade(image, liver, tumor, device=device, min_tumor_ml=job.min_tumor_ml,
-                                                 progress=on_cascade, cancel=cancel)
-                except Exception as error:
-                    known = as_job_error(error, device)
-                    if known is None:
-                        raise
-                    raise known from error
-            _show(progress, cascade_notes, 0.9)
-            timings.update({f"{name}_s" if not name.endswith("_s") else name: value
-                            for name, value in result.timings_s.items()})
-            progress("write", 0.92, "writing outputs")
-            timings["total_s"] = time.perf_counter() - started  # everything but writing the outputs
-            results = _results_document(source, image, result, liver, tumor, timings, notes + cascade_notes)
-            _write_outputs(out_dir, result.labels, results, cancel, job.overwrite)
+            results = _segment_into(out_dir, job, device, progress, cancel, started)
     except OutputError as error:  # the folder is locked by another job, or cannot be created
         raise JobError(str(error), EXIT_BAD_INPUT) from error
     progress("done", 1.0, f"liver {results['liver_volume_ml']:.0f} mL, {len(results['lesions'])} lesion(s)")
     return results
+
+
+def _segment_into(out_dir: Path, job: SegmentationJob, device: str, progress: ProgressReporter,
+                  cancel: threading.Event, started: float) -> dict:
+    """Load and check the CT, load the models, run the cascade and publish the outputs into ``out_dir`` (locked
+    by the caller); ``started``: ``time.perf_counter()`` at the start of the job. Returns the results dict."""
+    progress("load", 0.0, "reading the CT")
+    with _reported_warnings() as notes:
+        image, source = load_input(job)
+        notes += check_input(image, job)
+    _show(progress, notes, 0.05)
+    _check_free_space(out_dir, image)
+    progress("models", 0.05, f"loading models on {device}")
+    liver, tumor = load_models(job, cancel)
+    timings = {"load_s": time.perf_counter() - started}
+    with _reported_warnings() as cascade_notes:
+        result = _run_cascade(image, liver, tumor, job, device, progress, cancel)
+    _show(progress, cascade_notes, 0.9)
+    timings.update({f"{name}_s" if not name.endswith("_s") else name: value
+                    for name, value in result.timings_s.items()})
+    progress("write", 0.92, "writing outputs")
+    timings["total_s"] = time.perf_counter() - started  # everything but writing the outputs
+    results = _results_document(source, image, result, liver, tumor, timings, notes + cascade_notes)
+    _write_outputs(out_dir, result.labels, results, cancel, job.overwrite)
+    return results
+
+
+def _run_cascade(image: sitk.Image, liver, tumor, job: SegmentationJob, device: str, progress: ProgressReporter,
+                 cancel: threading.Event):
+    """``core.cascade.run_cascade`` with its progress mapped to 0.1..0.9; cancel and out of memory as
+    ``JobError``."""
+    from LiverTumorSegLib.core import cascade
+
+    def on_cascade(stage: str, fraction: float, message: str) -> None:
+        progress(stage, 0.1 + 0.8 * fraction, message)
+
+    try:
+        return cascade.run_cascade(image, liver, tumor, device=device, min_tumor_ml=job.min_tumor_ml,
+                                   progress=on_cascade, cancel=cancel)
+    except Exception as error:
+        known = as_job_error(error, device)
+        if known is None:
+            raise
+        raise known from error
 
 
 @contextlib.contextmanager
