@@ -22,11 +22,13 @@ SMALL_NET = {"spatial_dims": 3, "init_filters": 8, "blocks_down": [1, 1], "block
 
 
 def write_ct(path: Path, size=(48, 40, 24), spacing=(1.5, 1.5, 3.0)) -> sitk.Image:
-    """A small CT in HU with an oblique direction: air, a body and a bright 'liver' blob."""
+    """A small CT in HU with an oblique direction: air, a body and a bright 'liver' blob, with scanner noise
+    (a CT has many distinct values: the plausibility gate refuses a three-valued 'CT' as a labelmap)."""
     z, y, x = np.mgrid[0:size[2], 0:size[1], 0:size[0]]
     body = ((x - size[0] / 2) / 20) ** 2 + ((y - size[1] / 2) / 16) ** 2 <= 1
     liver = ((x - 18) / 9) ** 2 + ((y - 20) / 8) ** 2 + ((z - 12) / 8) ** 2 <= 1
-    hu = np.where(body, 40, -1000) + 70 * liver
+    noise = np.random.default_rng(0).normal(0.0, 10.0, body.shape)
+    hu = np.where(body, 40, -1000) + 70 * liver + noise
     image = sitk.GetImageFromArray(hu.astype(np.int16))
     image.SetSpacing(spacing)
     image.SetOrigin((-40.0, 12.5, -300.0))

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.core.hu_windows import load_presets
+from LiverTumorSegLib.io.atomic import atomic_write, write_image
 from LiverTumorSegLib.io.preview import label_masks, write_previews
 from LiverTumorSegLib.models.manifest import load_manifest
 from LiverTumorSegLib.synthetic.phantom import make_phantom, write_phantom
@@ -59,6 +60,10 @@ def _flr_plane(labels: sitk.Image):
 
 
 def _write_measurements(path: Path, table_rows: list[dict], flr_rows: list[tuple[str, str, str]]) -> None:
+    atomic_write(path, lambda temporary: _write_measurement_rows(temporary, table_rows, flr_rows), overwrite=True)
+
+
+def _write_measurement_rows(path: Path, table_rows: list[dict], flr_rows: list[tuple[str, str, str]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["section", "item", "value", "unit"])
@@ -136,7 +141,7 @@ def _measure(ct: sitk.Image, truth_labels: sitk.Image, volume_node, segmentation
 
     segmentations.save_segmentation(segmentation, out_dir / "segmentation.seg.nrrd")
     labels = current_labelmap(segmentation, volume_node)
-    sitk.WriteImage(labels, str(out_dir / "labels.nrrd"), useCompression=True)
+    write_image(labels, out_dir / "labels.nrrd", overwrite=True)
     log("[4/5] measurements and the future liver remnant of a demonstration resection plane")
     table = read_rows(update_measurements_table(segmentation, volume_node, labels=labels))
     flr = compute_flr(labels, planes=[_flr_plane(labels)], height_cm=170.0, weight_kg=70.0)

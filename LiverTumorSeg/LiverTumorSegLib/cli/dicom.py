@@ -8,8 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import SimpleITK as sitk
-
+from LiverTumorSegLib.io.atomic import OutputError, check_free_space, check_output_file, write_image
 from LiverTumorSegLib.io.dicom_io import DicomInputError, DicomInputWarning, load_series, scan_folder
 
 
@@ -30,7 +29,9 @@ def register(subparsers) -> None:
         action="store_true",
         help="resample missing/irregular slices onto a uniform grid instead of failing",
     )
-    convert.add_argument("--out", metavar="FILE.nrrd", type=Path, required=True, help="output image file")
+    convert.add_argument("--out", metavar="FILE.nrrd", type=Path, required=True,
+                         help="output image file (outside DIR; written all at once)")
+    convert.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     convert.set_defaults(func=_cli_convert)
 
 
@@ -45,14 +46,13 @@ def _cli_list(args: argparse.Namespace) -> int:
 
 def _cli_convert(args: argparse.Namespace) -> int:
     def run() -> int:
+        if not args.folder.is_dir():  # the input's own error first, then the output's, then the work
+            raise DicomInputError(f"{args.folder}: no such folder")
+        check_output_file(args.out, inputs=[args.folder], overwrite=args.overwrite)
         image = load_series(args.folder, args.series, resample_nonuniform=args.resample_nonuniform)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            sitk.WriteImage(image, str(args.out), useCompression=True)
-        except RuntimeError as error:
-            raise DicomInputError(
-                f"cannot write {args.out}: {str(error).strip().splitlines()[-1]}"
-            ) from error
+        voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+        check_free_space(args.out, voxel_bytes, "--out")  # uncompressed: the worst case
+        write_image(image, args.out, overwrite=args.overwrite)
         print(args.out)
         return 0
 
@@ -60,12 +60,12 @@ def _cli_convert(args: argparse.Namespace) -> int:
 
 
 def _cli_run(action) -> int:
-    """Run ``action``; warnings as one line each on stderr; a ``DicomInputError`` -> exit code 2."""
+    """Run ``action``; warnings as one line each on stderr; a ``DicomInputError`` or ``OutputError`` -> exit code 2."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DicomInputWarning)
         try:
             code = action()
-        except DicomInputError as error:
+        except (DicomInputError, OutputError) as error:
             code = 2
             message = f"livertumor dicom: error: {error}"
         else:

@@ -6,13 +6,13 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
-
-import SimpleITK as sitk
 
 from LiverTumorSegLib.cli.common import read_image
 from LiverTumorSegLib.core.flr import MIN_SFLR, FLRCalculator, ResectionResult, bsa_and_telv
-from LiverTumorSegLib.core.resection import Plane
+from LiverTumorSegLib.core.resection import Plane, ResectionWarning
+from LiverTumorSegLib.io.atomic import check_output_file, write_image
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="future liver remnant of a planned resection (volumes, FLR ratio, sFLR, verdict)",
         description="Compute resected and remnant liver from a 0/1/2 labelmap (1 parenchyma, 2 tumor) and "
         "print one JSON object with the FLR figures. Resection modes combine as a union; none given -> "
-        "nothing resected. Remnant pieces are connected by faces (6-connectivity).",
+        "nothing resected; given but removing no liver (a plane beside the liver) -> verdict 'not assessed' and "
+        "a warning. Remnant pieces are connected by faces (6-connectivity).",
     )
     parser.add_argument(
         "--labels", required=True, type=Path, help="labelmap: 0 outside, 1 parenchyma, 2 tumor"
@@ -41,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="count remnant pieces cut off the main one as resected",
     )
-    parser.add_argument("--height-cm", type=float, help="patient height (with --weight-kg: BSA, TELV, sFLR)")
-    parser.add_argument("--weight-kg", type=float, help="patient weight (with --height-cm)")
+    parser.add_argument("--height-cm", type=float,
+                        help="patient height, 100-250 cm (with --weight-kg: BSA, TELV, sFLR)")
+    parser.add_argument("--weight-kg", type=float, help="patient weight, 20-300 kg (with --height-cm)")
     parser.add_argument("--condition", choices=sorted(MIN_SFLR), default="normal", help="liver condition")
     parser.add_argument("--out-labels", type=Path, help="write 0 outside/1 remnant/2 resected/3 tumor here")
     parser.add_argument("--overwrite", action="store_true", help="allow --out-labels to replace a file")
@@ -64,8 +66,9 @@ def _cli_result(args: argparse.Namespace) -> ResectionResult:
         raise ValueError(f"--height-cm/--weight-kg: {error}") from error
     if args.margin_mm is not None and not (math.isfinite(args.margin_mm) and args.margin_mm >= 0):
         raise ValueError(f"--margin-mm must be >= 0, got {args.margin_mm}")
-    if args.out_labels is not None and args.out_labels.exists() and not args.overwrite:
-        raise ValueError(f"--out-labels {args.out_labels} exists; pass --overwrite to replace it")
+    if args.out_labels is not None:
+        check_output_file(args.out_labels, inputs=[args.labels, args.resection], overwrite=args.overwrite,
+                          what="--out-labels")
     labels = read_image(args.labels, "--labels")
     try:
         calculator = FLRCalculator.from_labelmap(labels)
@@ -88,18 +91,20 @@ def _cli_result(args: argparse.Namespace) -> ResectionResult:
 
 def _run_cli(args: argparse.Namespace) -> int:
     try:
-        result = _cli_result(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResectionWarning)
+            result = _cli_result(args)
         if args.out_labels is not None:
-            try:
-                sitk.WriteImage(result.combined_labelmap(), str(args.out_labels), useCompression=True)
-            except RuntimeError as error:
-                reason = str(error).strip().splitlines()[-1]
-                raise ValueError(f"--out-labels {args.out_labels}: cannot write: {reason}") from error
+            write_image(result.combined_labelmap(), args.out_labels, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         print(f"livertumor flr: error: {error}", file=sys.stderr)
         return 2
+    notes = [str(w.message) for w in caught if issubclass(w.category, ResectionWarning)]
+    for note in notes:
+        print(f"livertumor flr: warning: {note}", file=sys.stderr)
     output = result.figures.to_dict()
     if args.out_labels is not None:
         output["out_labels"] = str(args.out_labels)
+    output["warnings"] = notes
     print(json.dumps(output))
     return 0

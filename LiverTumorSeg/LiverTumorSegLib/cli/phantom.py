@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from LiverTumorSegLib.synthetic.phantom import make_phantom, phantom_summary, write_phantom
+from LiverTumorSegLib.io.atomic import check_output_folder
+from LiverTumorSegLib.synthetic.phantom import PHANTOM_OUTPUTS, make_phantom, phantom_summary, write_phantom
 
 
 def _run_cli(args: argparse.Namespace) -> int:
@@ -26,6 +27,11 @@ def _run_cli(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"livertumor phantom: {error}", file=sys.stderr)
         return 2
+    try:
+        _check_out(args.out, args.overwrite)
+    except ValueError as error:
+        print(f"livertumor phantom: error: {error}", file=sys.stderr)
+        return 2
     paths = write_phantom(phantom, args.out)
     summary = {
         "out_dir": str(paths["dir"].resolve()),
@@ -39,6 +45,16 @@ def _run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    """``--out`` can be written and holds no earlier phantom (unless ``overwrite``)."""
+    check_output_folder(out_dir)
+    earlier = [str(path.relative_to(out_dir)) for pattern in PHANTOM_OUTPUTS for path in sorted(out_dir.glob(pattern))]
+    if earlier and not overwrite:
+        shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        raise ValueError(f"--out {out_dir} already holds a phantom ({shown}); choose another folder or pass "
+                         "--overwrite to replace it")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "phantom",
@@ -47,6 +63,7 @@ def register(subparsers) -> None:
         "1 liver, 2 tumor; truth.nrrd) and phantom.json; print one JSON summary line.",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a phantom already in --out")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     parser.add_argument(
         "--size", type=int, default=512, help="in-plane matrix (default 512); the field of view stays"

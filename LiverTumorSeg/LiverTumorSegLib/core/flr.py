@@ -11,7 +11,10 @@ Compute core (numpy, SimpleITK; no Slicer, no torch). Definitions (docs/definiti
 Verdict, on sFLR when height and weight are given, otherwise on the FLR ratio (``verdict_basis``):
 "adequate" when value >= minimum + 0.05; "borderline" when minimum <= value < minimum + 0.05 (at or just
 above the threshold: within 5 percentage points above it); "inadequate" when value < minimum. Boundaries
-are compared with a 1e-9 tolerance so that, e.g., exactly 0.45 against cirrhosis is adequate.
+are compared with a 1e-9 tolerance so that, e.g., exactly 0.45 against cirrhosis is adequate. A resection that
+was asked for (mask, plane or margin) but removes no liver, e.g. a plane beside the liver, is "not assessed"
+(with a ``resection.ResectionWarning``), never "adequate". Height and weight must be those of an adult
+(100-250 cm, 20-300 kg): a value typed in mm, m, g or pounds is refused with a hint.
 
 Volumes come from voxel counts times the voxel volume (spacing product, mm^3 / 1000 = mL). The resection
 itself (mask, planes, tumor margin, disconnected pieces) is computed by ``resection.ResectionGeometry``;
@@ -35,6 +38,9 @@ import SimpleITK as sitk
 from LiverTumorSegLib.core.resection import CONNECTIVITY, Plane, ResectionGeometry, labelmap_masks
 
 MIN_SFLR: dict[str, float] = {"normal": 0.20, "chemotherapy": 0.30, "cirrhosis": 0.40}
+HEIGHT_RANGE_CM = (100.0, 250.0)  # adults; outside, the value was most likely typed in another unit
+WEIGHT_RANGE_KG = (20.0, 300.0)
+NOT_ASSESSED = "not assessed"  # verdict of a resection that removes no liver (a plane missing the liver)
 BORDERLINE_BAND = 0.05  # 5 percentage points above the minimum
 _VERDICT_TOLERANCE = 1e-9
 # Keys every FLR JSON object carries (command line, reports), in this order; extra keys follow them.
@@ -146,8 +152,10 @@ def compute_figures(
     height_cm: float | None = None,
     weight_kg: float | None = None,
     condition: str = "normal",
+    resection_given: bool = False,
 ) -> FLRFigures:
-    """Figures from voxel counts (parenchyma excludes tumor; resected counts parenchyma voxels only)."""
+    """Figures from voxel counts (parenchyma excludes tumor; resected counts parenchyma voxels only).
+    ``resection_given``: a resection was defined; if it removes nothing the verdict is ``NOT_ASSESSED``."""
     if parenchyma_count <= 0:
         raise ValueError("no liver parenchyma: the functional liver volume is 0")
     if not 0 <= resected_count <= parenchyma_count:
@@ -174,7 +182,7 @@ def compute_figures(
         telv_ml=telv,
         sflr=sflr,
         min_sflr=minimum,
-        verdict=flr_verdict(basis_value, minimum),
+        verdict=NOT_ASSESSED if resection_given and resected_count == 0 else flr_verdict(basis_value, minimum),
         verdict_basis=basis,
         condition=condition,
         disconnected_pieces_ml=tuple(ml(c) for c in disconnected_counts),
@@ -182,11 +190,34 @@ def compute_figures(
     )
 
 
+def _unit_hint(value: float, low: float, high: float, unit: str, conversions: Sequence[tuple[float, str]]) -> str:
+    """" (1700 looks like mm: 170 cm?)" for the first conversion factor that brings ``value`` into range."""
+    for factor, other in conversions:
+        if low <= value * factor <= high:
+            return f" ({value:g} looks like {other}: {value * factor:.4g} {unit}?)"
+    return ""
+
+
+def check_body_measurements(height_cm: float, weight_kg: float) -> None:
+    """``ValueError`` unless an adult's height lies in ``HEIGHT_RANGE_CM`` and weight in ``WEIGHT_RANGE_KG`` (the
+    range of the Mosteller and Vauthey formulas); the message suggests the unit a wrong value was typed in."""
+    for value, (low, high), name, unit, conversions in (
+        (height_cm, HEIGHT_RANGE_CM, "height", "cm", ((0.1, "mm"), (100.0, "m"), (2.54, "inches"))),
+        (weight_kg, WEIGHT_RANGE_KG, "weight", "kg", ((0.001, "g"), (1 / 2.20462, "pounds"))),
+    ):
+        if not (math.isfinite(value) and low <= value <= high):
+            hint = _unit_hint(value, low, high, unit, conversions) if math.isfinite(value) else ""
+            raise ValueError(f"{name} {value:g} {unit} is outside {low:g}-{high:g} {unit}{hint}")
+
+
 def bsa_and_telv(height_cm: float | None, weight_kg: float | None) -> tuple[float | None, float | None]:
+    """(BSA m^2, TELV mL) of an adult patient, (None, None) without height and weight; ``ValueError`` when only
+    one is given or either is implausible (``check_body_measurements``)."""
     if height_cm is None and weight_kg is None:
         return None, None
     if height_cm is None or weight_kg is None:
         raise ValueError("height and weight must be given together (for BSA, TELV and sFLR)")
+    check_body_measurements(height_cm, weight_kg)
     bsa = mosteller_bsa_m2(height_cm, weight_kg)
     return bsa, vauthey_telv_ml(bsa)
 
@@ -263,6 +294,7 @@ class FLRCalculator:
             height_cm=height_cm,
             weight_kg=weight_kg,
             condition=condition,
+            resection_given=resection_mask is not None or bool(planes) or margin_mm is not None,
         )
         return ResectionResult(
             resected=geometry.flags_to_image(split.resected),

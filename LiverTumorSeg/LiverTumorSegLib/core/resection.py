@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverTumorSegLib.core.grid import check_same_grid
+from LiverTumorSegLib.core.plausibility import check_labelmap
 
 # Centres closer than this to a plane (mm) count as on the plane (not resected), and centres within this of
 # the margin count as inside it: ties do not depend on floating-point rounding.
@@ -212,7 +213,9 @@ class ResectionGeometry:
         if resection_mask is not None:
             flags |= self.mask_flags(resection_mask)
         for plane in planes:
-            flags |= self.plane_flags(plane)
+            plane_flags = self.plane_flags(plane)
+            _warn_if_plane_misses(plane, plane_flags)
+            flags |= plane_flags
         if margin_mm is not None:
             flags |= self.margin_flags(margin_mm)
         return flags
@@ -252,17 +255,25 @@ class ResectionGeometry:
         return image
 
 
+def _warn_if_plane_misses(plane: Plane, flags: np.ndarray) -> None:
+    """``ResectionWarning`` when ``plane`` leaves all the parenchyma on one side (it misses the liver)."""
+    if flags.any() and not flags.all():
+        return
+    point = ", ".join(f"{c:g}" for c in plane.point_mm)
+    normal = ", ".join(f"{c:.3g}" for c in plane.normal)
+    what = ("misses the liver: all of it lies on the remnant side, nothing is resected" if not flags.any()
+            else "resects the whole liver: all of it lies on the side the normal points to")
+    warnings.warn(f"the plane through ({point}) mm with normal ({normal}) {what}; check the point (LPS) and the "
+                  "direction of the normal", ResectionWarning, stacklevel=4)
+
+
 def labelmap_masks(
     labels: sitk.Image, liver_label: int = 1, tumor_label: int = 2
 ) -> tuple[sitk.Image, sitk.Image]:
-    """Parenchyma and tumor masks (uint8) from the cascade's 0/1/2 labelmap; other values are an error."""
+    """Parenchyma and tumor masks (uint8) from the cascade's 0/1/2 labelmap; other values are an error
+    (``plausibility.check_labelmap``: a CT given as labels is named as such)."""
+    check_labelmap(labels, "labelmap", allowed=(0, liver_label, tumor_label))
     array = sitk.GetArrayViewFromImage(labels)
-    other = (array != 0) & (array != liver_label) & (array != tumor_label)
-    if other.any():
-        unexpected = np.unique(array[other]).tolist()
-        raise ValueError(
-            f"labelmap holds values {unexpected[:10]} besides 0, {liver_label} (liver), {tumor_label} (tumor)"
-        )
     masks = []
     for label in (liver_label, tumor_label):
         mask = sitk.GetImageFromArray((array == label).astype(np.uint8))

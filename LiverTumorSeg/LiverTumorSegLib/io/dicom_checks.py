@@ -116,10 +116,52 @@ def _optional_float(ds: Dataset | None, keyword: str) -> float | None:
 
 def rescale(ds: Dataset) -> tuple[float, float]:
     """(Rescale Slope, Rescale Intercept) of ``ds`` (a data set or a Pixel Value Transformation item);
-    (1, 0) where absent."""
+    (1, 0) where absent (``rescale_missing`` tells)."""
     slope = _optional_float(ds, "RescaleSlope")
     intercept = _optional_float(ds, "RescaleIntercept")
     return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
+def rescale_missing(ds: Dataset) -> bool:
+    """Whether ``ds`` lacks a usable Rescale Slope or Rescale Intercept (stored values then count as HU)."""
+    return _optional_float(ds, "RescaleSlope") is None or _optional_float(ds, "RescaleIntercept") is None
+
+
+def _counted(sources: Sequence[str], total: int) -> str:
+    """ "48 of 48 files", or "3 of 48 files (IM0001.dcm, ...)" naming them when not all are concerned."""
+    unit = "frames" if any(" frame " in source for source in sources) else "files"
+    return f"{len(sources)} of {total} {unit}" + ("" if len(sources) == total else f" ({names(sources)})")
+
+
+def rescale_notes(sources: Sequence[str], slopes: Sequence[float], intercepts: Sequence[float],
+                  missing: Sequence[bool], where: str) -> list[str]:
+    """What is wrong or unusual in the rescaling of a CT series, one note per finding (empty when nothing).
+
+    Per slice: its source name, Rescale Slope, Rescale Intercept and whether the tags were missing. A slope of
+    0 raises ``DicomInputError`` (every voxel of those slices would read the intercept); missing tags, slopes
+    that differ between slices and slopes far from 1 are returned as notes for warnings and for the CT
+    plausibility gate's message.
+    """
+    total = len(sources)
+    zero = [source for source, slope in zip(sources, slopes, strict=True) if slope == 0]
+    if zero:
+        values = sorted({intercept for slope, intercept in zip(slopes, intercepts, strict=True) if slope == 0})
+        raise DicomInputError(
+            f"RescaleSlope is 0 in {_counted(zero, total)} of {where}: every voxel of them would read "
+            f"{', '.join(f'{v:g}' for v in values)} HU (the intercept); the export is broken: re-export the series")
+    notes = []
+    absent = [source for source, flag in zip(sources, missing, strict=True) if flag]
+    if absent:
+        notes.append(f"Rescale Slope/Intercept missing in {_counted(absent, total)}: stored values taken as HU")
+    counts = Counter(slopes)
+    if len(counts) > 1:
+        listed = "; ".join(f"{slope:g} in {count}" for slope, count in counts.most_common())
+        odd = [source for source, slope in zip(sources, slopes, strict=True) if slope != counts.most_common(1)[0][0]]
+        notes.append(f"RescaleSlope differs between slices ({listed}; {names(odd)}), applied per slice")
+    unusual = sorted({slope for slope in slopes if not 0.01 <= abs(slope) <= 100})
+    if unusual:
+        notes.append(f"RescaleSlope {', '.join(f'{s:g}' for s in unusual)} (CT slopes are normally 1)")
+    return notes
 
 
 def single_frame_geometry(ds: Dataset, source: str, where: str) -> SliceGeometry:
@@ -165,6 +207,11 @@ def enhanced_frame_geometry(
         gantry_tilt_deg=tilt or _optional_float(ds, "GantryDetectorTilt") or 0.0,
     )
     return geometry, *rescale(transform)
+
+
+def frame_rescale_missing(ds: Dataset, k: int) -> bool:
+    """Whether frame k of a multi-frame file has no usable Rescale Slope/Intercept (per-frame, shared or top)."""
+    return rescale_missing(_group(ds, k, "PixelValueTransformationSequence") or ds)
 
 
 # --- checks ---------------------------------------------------------------------------------------------

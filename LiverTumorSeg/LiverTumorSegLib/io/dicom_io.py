@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from LiverTumorSegLib.core.plausibility import RESCALE_NOTE_KEY
 from LiverTumorSegLib.io.dicom_checks import (
     DicomInputError,
     DicomInputWarning,
@@ -33,9 +34,12 @@ from LiverTumorSegLib.io.dicom_checks import (
     check_consistency,
     check_gantry_tilt,
     enhanced_frame_geometry,
+    frame_rescale_missing,
     names,
     require_uniform,
     rescale,
+    rescale_missing,
+    rescale_notes,
     single_frame_geometry,
     slice_axes,
     stack_geometry,
@@ -99,6 +103,7 @@ def load_series(
     where = f"series {series.series_uid} in {folder}"
     members = groups[series.series_uid]
     geometry, rescales = series_geometry(members, folder, where, require_uniform_spacing=not resample_nonuniform)
+    notes = _rescale_notes(members, folder, rescales, where)
     stacks = [
         _stored_frames(ds, path, where) for path, ds in members
     ]  # pixels read once the geometry is fine
@@ -117,6 +122,8 @@ def load_series(
     image.SetOrigin(geometry.origin_mm)
     image.SetSpacing(spacing)
     image.SetDirection(geometry.direction)
+    if notes:  # named by the CT plausibility gate when it refuses the image
+        image.SetMetaData(RESCALE_NOTE_KEY, "; ".join(notes))
     return image
 
 
@@ -141,7 +148,7 @@ def _scan(folder: Path, *, defer_pixels: bool) -> dict[str, list[tuple[Path, Dat
         raise DicomInputError(f"{folder}: no such folder")
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     skipped = []
-    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    paths, unreadable = _files_under(folder)
     for path in paths:
         ds, reason = _read_header(path, defer_pixels)
         if ds is None:
@@ -154,9 +161,29 @@ def _scan(folder: Path, *, defer_pixels: bool) -> dict[str, list[tuple[Path, Dat
             DicomInputWarning,
             stacklevel=3,
         )
+    closed = f"{len(unreadable)} folder(s) could not be opened: {names(unreadable)}" if unreadable else ""
+    if closed and groups:
+        warnings.warn(f"{folder}: {closed}; their files were not looked at", DicomInputWarning, stacklevel=3)
     if not groups:
-        raise DicomInputError(f"no DICOM image files in {folder} ({len(paths)} file(s) looked at)")
+        raise DicomInputError(
+            f"no DICOM image files in {folder} ({len(paths)} file(s) looked at{'; ' + closed if closed else ''})")
     return groups
+
+
+def _files_under(folder: Path) -> tuple[list[Path], list[str]]:
+    """Every file under ``folder`` (sorted), and the sub-folders that could not be opened, each as
+    "relative/path (reason)" (a series in an unreadable folder must not vanish without a word)."""
+    unreadable: list[str] = []
+
+    def note(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else folder
+        name = "." if where == folder else str(where.relative_to(folder))
+        unreadable.append(f"{name} ({error.strerror or error})")
+
+    paths = []
+    for root, _, files in os.walk(folder, onerror=note):
+        paths.extend(Path(root) / name for name in files if (Path(root) / name).is_file())
+    return sorted(paths), unreadable
 
 
 def _read_header(path: Path, defer_pixels: bool) -> tuple[Dataset | None, str]:
@@ -287,6 +314,23 @@ def _slice_geometries(members: list[tuple[Path, Dataset]], folder: Path, where: 
         else:
             raise DicomInputError(f"{name} of {where} has {frames} frames but no per-frame plane positions")
     return slices, rescales
+
+
+def _rescale_notes(members: list[tuple[Path, Dataset]], folder: Path, rescales: list[tuple], where: str) -> list[str]:
+    """``dicom_checks.rescale_notes`` of the series (raises on slope 0), each also a ``DicomInputWarning``.
+    ``rescales``: per slice (file index, frame index, slope, intercept), as ``series_geometry`` returns them."""
+    sources = [str(members[f][0].relative_to(folder)) + (f" frame {k + 1}" if members[f][1].get("NumberOfFrames")
+                                                          and int(members[f][1].NumberOfFrames) > 1 else "")
+               for f, k, _, _ in rescales]
+    missing = [
+        frame_rescale_missing(members[f][1], k) if "PerFrameFunctionalGroupsSequence" in members[f][1]
+        else rescale_missing(members[f][1])
+        for f, k, _, _ in rescales
+    ]
+    notes = rescale_notes(sources, [r[2] for r in rescales], [r[3] for r in rescales], missing, where)
+    for note in notes:
+        warnings.warn(f"{where}: {note}", DicomInputWarning, stacklevel=3)
+    return notes
 
 
 def _stored_frames(ds: Dataset, path: Path, where: str) -> np.ndarray:

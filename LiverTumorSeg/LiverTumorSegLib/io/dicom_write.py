@@ -42,6 +42,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from LiverTumorSegLib.io.atomic import atomic_write
+
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 WINDOW_CENTER_HU = 40
 WINDOW_WIDTH_HU = 350
@@ -105,7 +107,7 @@ def write_ct_series(
         ds.SliceLocation = _ds(float(np.dot(position, normal)))
         _set_pixel_data(ds, [frame], transfer_syntax_uid)
         path = out_dir / file_name_pattern.format(index=k)
-        ds.save_as(path, enforce_file_format=True)
+        _save(ds, path)
         paths.append(path)
     return paths
 
@@ -164,7 +166,7 @@ def write_enhanced_ct(
     _set_pixel_data(ds, list(frames), transfer_syntax_uid)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    _save(ds, path)
     return path
 
 
@@ -269,6 +271,11 @@ def _rescale_dataset(slope: float, intercept: float) -> Dataset:
     ds.RescaleSlope = _ds(slope)
     ds.RescaleType = "HU"
     return ds
+
+
+def _save(ds: Dataset, path: Path) -> None:
+    """Write ``ds`` as a DICOM file at ``path``, all at once (``io.atomic``; an earlier file is replaced)."""
+    atomic_write(path, lambda temporary: ds.save_as(temporary, enforce_file_format=True), overwrite=True)
 
 
 def _apply_extra_tags(ds: Dataset, extra_tags: dict[str, object] | None) -> None:

@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from LiverTumorSegLib.core.hu_windows import HUWindow, get_preset
 from LiverTumorSegLib.core.terminology import load_segment_definitions
+from LiverTumorSegLib.io.atomic import atomic_write
 
 # Display grid size limits (pixels along the longest side of the volume's bounding box).
 MIN_DISPLAY_PIXELS = 256
@@ -260,8 +261,10 @@ def write_previews(
     fill_alpha: float = 0.0,
     pixel_mm: float | None = None,
     annotate_text: bool = True,
+    overwrite: bool = True,
 ) -> dict[str, Path]:
-    """Write one PNG per plane through the LPS point ``center_mm`` (mm) as ``out_dir/<prefix><plane>.png``.
+    """Write one PNG per plane through the LPS point ``center_mm`` (mm) as ``out_dir/<prefix><plane>.png``
+    (each written completely or not at all; an existing one is replaced only with ``overwrite``).
 
     ``ct`` is a 3D HU image; ``masks`` maps a display name (e.g. "Liver", "Liver tumor") to a binary
     (non-zero = inside) image anywhere in the same physical space; ``colors`` overrides their RGB
@@ -302,7 +305,8 @@ def write_previews(
         else:
             image = Image.fromarray(rgb, "RGB")
         paths[plane] = out_dir / f"{prefix}{plane}.png"
-        image.save(paths[plane])
+        atomic_write(paths[plane], lambda temporary, image=image: image.save(temporary, format="PNG"),
+                     overwrite=overwrite)
     return paths
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.core.terminology import SegmentSpec
+from LiverTumorSegLib.io.atomic import write_image
 
 
 def _extent(mask_zyx: np.ndarray) -> str:
@@ -35,7 +36,7 @@ def write_seg_nrrd(labels: sitk.Image, path: str | Path, segments: Sequence[Segm
     """Write ``labels`` (integer labelmap, LPS geometry) as a Slicer ``.seg.nrrd`` with ``segments``.
 
     Label values absent from ``segments`` are written as background (0). The file is written under a
-    temporary name and renamed, so a reader never sees a half-written file.
+    temporary name and renamed (``io.atomic``), so a reader never sees a half-written file.
     """
     path = Path(path)
     if not path.name.endswith(".seg.nrrd"):
@@ -60,10 +61,7 @@ def write_seg_nrrd(labels: sitk.Image, path: str | Path, segments: Sequence[Segm
         image.SetMetaData(prefix + "Extent", _extent(out_array == segment.label_value))
         tags = f"TerminologyEntry:{segment.terminology_entry}|" if segment.terminology_entry else ""
         image.SetMetaData(prefix + "Tags", tags)
-    temporary = path.with_name(".tmp-" + path.name)
-    sitk.WriteImage(image, str(temporary), useCompression=True)
-    temporary.replace(path)
-    return path
+    return write_image(image, path, overwrite=True)
 
 
 def read_seg_nrrd(path: str | Path) -> tuple[sitk.Image, list[SegmentSpec]]:

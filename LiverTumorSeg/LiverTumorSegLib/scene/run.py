@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from LiverTumorSegLib.core.cancel import Cancelled
 from LiverTumorSegLib.core.options import MIN_TUMOR_ML
+from LiverTumorSegLib.core.plausibility import ImplausibleInputError, check_ct
 from LiverTumorSegLib.scene import volumes as scene_bridge
 from LiverTumorSegLib.worker.job import SegmentationJob
 from LiverTumorSegLib.worker.process import ProgressEvent, WorkerProcess
@@ -131,19 +132,21 @@ class SegmentationRun(BackgroundRun):
 
     ``device`` is ``"auto"`` or ``"cpu"`` (the latter also hides GPUs from the worker with
     ``CUDA_VISIBLE_DEVICES=-1``). ``launcher`` is ``slicer.util.launchConsoleProcess``-compatible
-    (``launcher(args, env) -> Popen``); the default starts a plain subprocess.
+    (``launcher(args, env) -> Popen``); the default starts a plain subprocess. ``force``: segment a volume the
+    CT plausibility gate finds implausible (``core.plausibility.check_ct``), which ``start`` otherwise refuses
+    before starting the worker (``ImplausibleInputError``, a ``ValueError``).
     """
 
     def __init__(self, volume_node, *, liver_model: str, tumor_model: str | None, device: str = "auto",
                  min_tumor_ml: float = MIN_TUMOR_ML, per_lesion_segments: bool = False, python: str | None = None,
-                 launcher=None, manifest: str | Path | None = None) -> None:
+                 launcher=None, manifest: str | Path | None = None, force: bool = False) -> None:
         if volume_node is None or volume_node.GetImageData() is None:
             raise ValueError("No CT volume selected: load or select a CT volume first.")
         self.volume_node = volume_node
         self.per_lesion_segments = per_lesion_segments
         self.job_options = {"liver_model": liver_model, "tumor_model": tumor_model, "device": device,
                             "min_tumor_ml": float(min_tumor_ml),
-                            "manifest": None if manifest is None else str(manifest)}
+                            "manifest": None if manifest is None else str(manifest), "force": force}
         extra_env = {"CUDA_VISIBLE_DEVICES": "-1"} if device == "cpu" else {}
         options = {"python": python or default_python(), "extra_env": extra_env}
         if launcher is not None:
@@ -157,10 +160,17 @@ class SegmentationRun(BackgroundRun):
         return (self.volume_node,)
 
     def start(self) -> None:
-        """Write the volume to the job folder as NRRD (HU, LPS geometry of its own frame: a parent transform is not
-        applied, the result is placed under the same transform) and start the worker."""
+        """Check that the volume looks like a CT in HU (fail fast, before a worker starts), write it to the job
+        folder as NRRD (HU, LPS geometry of its own frame: a parent transform is not applied, the result is placed
+        under the same transform) and start the worker (which checks it again)."""
+        image = scene_bridge.image_from_volume_node(self.volume_node, local_frame=True)
+        try:
+            check_ct(image, f"volume {self.volume_node.GetName()!r}", force=self.job_options["force"])
+        except ImplausibleInputError:
+            self.worker.cleanup()
+            raise
         input_path = self.worker.work_dir / "input.nrrd"
-        sitk.WriteImage(scene_bridge.image_from_volume_node(self.volume_node, local_frame=True), str(input_path))
+        sitk.WriteImage(image, str(input_path))
         job = SegmentationJob(image=str(input_path), output_dir=str(self.worker.output_dir), **self.job_options)
         self.worker.job.update(job.to_json())
         self.worker.start()

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from LiverTumorSegLib.io.atomic import write_image, write_text
 from LiverTumorSegLib.synthetic.anatomy import (
     Anatomy,
     Ellipsoid,
@@ -548,11 +549,14 @@ def write_phantom(
             "ImageComments": f"LiverTumorAnalysis synthetic CT phantom, seed {phantom.seed}",
         },
     )
-    sitk.WriteImage(phantom.labels, str(paths["truth"]), useCompression=True)
+    write_image(phantom.labels, paths["truth"], overwrite=True)
     summary = {
         **phantom_summary(phantom),
         "tissue_hu": phantom.tissue_hu,
         "files": {"dicom": "dicom", "truth": "truth.nrrd"},
     }
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(paths["json"], json.dumps(summary, indent=2) + "\n", overwrite=True)
     return paths
+
+
+PHANTOM_OUTPUTS = ("dicom/IM*.dcm", "truth.nrrd", "phantom.json")  # what write_phantom puts into its folder

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from LiverTumorSegLib.io.atomic import write_image
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 
 
@@ -79,8 +81,8 @@ def make_phantom_dataset(out_dir: str | Path, n_cases: int, *, first_seed: int =
         if image_path.is_file() and label_path.is_file():
             continue
         phantom = make_phantom(seed, size_xy=size_xy, slice_thickness_mm=slice_thickness_mm, max_tumors=max_tumors)
-        _write_atomically(phantom.labels, label_path)
-        _write_atomically(phantom.ct, image_path)
+        write_image(phantom.labels, label_path, overwrite=True)
+        write_image(phantom.ct, image_path, overwrite=True)
     return out_dir
 
 
@@ -114,12 +116,8 @@ def write_predicted_liver_masks(root: str | Path, liver_model, *, out_root: str 
         if path.is_file():
             continue
         result = run_cascade(sitk.ReadImage(case["image"]), liver_model, None, device=device)
-        _write_atomically(sitk.Cast(result.labels > 0, sitk.sitkUInt8), path)
+        write_image(sitk.Cast(result.labels > 0, sitk.sitkUInt8), path, overwrite=True)
         log(f"predicted liver mask {path.name}: {result.liver_volume_ml:.1f} mL")
     return out_dir
 
 
-def _write_atomically(image: sitk.Image, path: Path) -> None:
-    temporary = path.with_name(".tmp-" + path.name)
-    sitk.WriteImage(image, str(temporary), useCompression=True)
-    temporary.replace(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from LiverTumorSegLib.io.atomic import write_image, write_text
 from LiverTumorSegLib.models.manifest import ModelEntry
 from LiverTumorSegLib.resources import MANIFEST_FILE
 
@@ -105,8 +106,8 @@ def evaluate_held_out(liver: ModelEntry, tumor: ModelEntry | None, out_dir: Path
         if phantom.tumors:
             seeds.append(seed)
             reach.append({"seed": seed, **tumor_reach(result.labels, phantom.labels)})
-            sitk.WriteImage(result.labels, str(predicted / f"phantom_{seed}.nrrd"), useCompression=True)
-            sitk.WriteImage(phantom.labels, str(truth / f"phantom_{seed}.nrrd"), useCompression=True)
+            write_image(result.labels, predicted / f"phantom_{seed}.nrrd", overwrite=True)
+            write_image(phantom.labels, truth / f"phantom_{seed}.nrrd", overwrite=True)
         else:
             tumor_free.append({"seed": seed, "false_positive_tumor_ml": round(result.tumor_volume_ml, 2)})
         log(f"held-out phantom {seed} ({len(phantom.tumors)} tumors): {seconds[-1]:.1f} s")
@@ -137,7 +138,7 @@ def register_entries(entries: list[ModelEntry]) -> None:
     document = json.loads(MANIFEST_FILE.read_text(encoding="utf-8"))
     new_ids = {entry.id for entry in entries}
     document["models"] = [m for m in document["models"] if m["id"] not in new_ids] + [e.to_dict() for e in entries]
-    MANIFEST_FILE.write_text(compact_json(document) + "\n", encoding="utf-8")
+    write_text(MANIFEST_FILE, compact_json(document) + "\n", overwrite=True)
 
 
 def compact_json(value, level: int = 0) -> str:
@@ -255,5 +256,5 @@ def write_card(entry: ModelEntry, trained: dict, evaluation_result: dict, comman
         "works, not how a model would do on real CT (compare docs/definitions.md's reference figures only with real data).",
     ]
     path = DEMO_DIR / Path(entry.card).name
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n", overwrite=True)
     return path

@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.core.grid import check_same_grid
+from LiverTumorSegLib.io.atomic import staged_folder
 
 STRUCTURES = {"liver": (1, 2), "tumor": (2,)}
 DSC_BINS_PERCENT = (0, 20, 40, 60, 80, 100)
@@ -137,18 +138,27 @@ def evaluate_folders(predicted_dir: str | Path, truth_dir: str | Path) -> tuple[
     return metrics, summarize(metrics)
 
 
-def write_reports(metrics: Sequence[CaseMetrics], summary: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` under ``out_dir``."""
+REPORT_FILES = ("per_case.csv", "summary.json", "summary.md")
+
+
+def write_reports(metrics: Sequence[CaseMetrics], summary: dict, out_dir: str | Path, *,
+                  overwrite: bool = True) -> dict[str, Path]:
+    """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` under ``out_dir``, together
+    (``io.atomic.staged_folder``: all three or none; earlier reports are replaced only with ``overwrite``)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path, md_path = out_dir / "per_case.csv", out_dir / "summary.json", out_dir / "summary.md"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CaseMetrics.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(m) for m in metrics)
-    json_path.write_text(json.dumps(summary, indent=2, default=float))
-    md_path.write_text(markdown_table(summary))
-    return {"per_case_csv": csv_path, "summary_json": json_path, "summary_md": md_path}
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(CaseMetrics.__dataclass_fields__))
+            writer.writeheader()
+            writer.writerows(asdict(m) for m in metrics)
+
+    with staged_folder(out_dir, REPORT_FILES, overwrite=overwrite) as staging:
+        write_csv(staging / "per_case.csv")
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        (staging / "summary.md").write_text(markdown_table(summary))
+    return {"per_case_csv": out_dir / "per_case.csv", "summary_json": out_dir / "summary.json",
+            "summary_md": out_dir / "summary.md"}
 
 
 def markdown_table(summary: dict) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 from LiverTumorSegLib.core.cancel import Cancelled
 from LiverTumorSegLib.core.cascade import MIN_TUMOR_ML, clean_liver_mask, keep_tumors_in_liver
 from LiverTumorSegLib.core.preprocessing import dictionary_transforms
+from LiverTumorSegLib.io.atomic import atomic_write
 from LiverTumorSegLib.models.manifest import ModelEntry
 
 THESIS_NETWORK_ARGS = {"spatial_dims": 3, "init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1],
@@ -408,11 +409,10 @@ def _model_space_tensor(image, like):
 def _save(path: Path, model, optimizer, scheduler, epoch, best, history, entry) -> None:
     import torch
 
-    temporary = path.with_name(".tmp-" + path.name)
-    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "best_dice": best["dice"],
-                "best_epoch": best["epoch"], "history": history, "manifest_entry": entry}, temporary)
-    temporary.replace(path)
+    state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "epoch": epoch, "best_dice": best["dice"],
+             "best_epoch": best["epoch"], "history": history, "manifest_entry": entry}
+    atomic_write(path, lambda temporary: torch.save(state, temporary), overwrite=True)
 
 
 def _resume_state(path: Path, model, optimizer, scheduler) -> dict | None:
@@ -460,9 +460,8 @@ def export_weights(checkpoint: str | Path, out_path: str | Path, **entry_overrid
     entry = dict(state["manifest_entry"], file_name=out_path.name, local_path=out_path.name, **entry_overrides)
     entry.pop("sha256", None)
     entry.pop("size_bytes", None)
-    temporary = out_path.with_name(".tmp-" + out_path.name)
-    torch.save({"state_dict": state["state_dict"], "manifest_entry": entry}, temporary)
-    temporary.replace(out_path)
+    weights = {"state_dict": state["state_dict"], "manifest_entry": entry}
+    atomic_write(out_path, lambda temporary: torch.save(weights, temporary), overwrite=True)
     entry["size_bytes"] = out_path.stat().st_size
     entry["sha256"] = hashlib.sha256(out_path.read_bytes()).hexdigest()
     return entry

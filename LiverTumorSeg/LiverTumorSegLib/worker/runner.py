@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from LiverTumorSegLib.core.cancel import Cancelled, is_out_of_memory
+from LiverTumorSegLib.io.atomic import OutputError, staged_folder
 
 EXIT_OTHER = 1
 EXIT_BAD_INPUT = 2
@@ -78,28 +77,29 @@ class ProgressReporter:
 
 
 def publish_outputs(out_dir: Path, names: tuple[str, ...], write: Callable[[Path], None],
-                    cancel: threading.Event) -> None:
+                    cancel: threading.Event, overwrite: bool = True) -> None:
     """``write(folder)`` writes ``names`` into a temporary folder inside ``out_dir``; they are moved into place
-    together only when all are complete and the job was not cancelled (no partial output in any case)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    together only when all are complete and the job was not cancelled (no partial output in any case). Without
+    ``overwrite`` an output that appeared meanwhile is not replaced. A failed write (disk full, permission) is a
+    ``JobError`` naming the folder and the reason."""
     try:
-        write(staging)
-        if cancel.is_set():
-            raise JobCancelled()
-        for name in names:
-            (staging / name).replace(out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(out_dir, names, overwrite=overwrite) as staging:
+            write(staging)
+            if cancel.is_set():
+                raise JobCancelled()
+    except OutputError as error:
+        raise JobError(str(error), EXIT_BAD_INPUT) from error
 
 
 def check_output_dir(out_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """Refuse to replace earlier outputs unless the job allows it."""
+    """Refuse to replace earlier outputs unless the job allows it; refuse an output folder that is a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise JobError(f"output folder {out_dir} is a file, not a folder; give a folder for the outputs",
+                       EXIT_BAD_INPUT)
     existing = [name for name in names if (out_dir / name).exists()]
     if existing and not overwrite:
-        raise JobError(f"{out_dir} already holds {', '.join(existing)}; choose another folder or allow overwriting",
-                       EXIT_BAD_INPUT)
+        raise JobError(f"{out_dir} already holds {', '.join(existing)}; choose another folder or allow overwriting "
+                       "(--overwrite)", EXIT_BAD_INPUT)
 
 
 def _install_signal_handlers(cancel: threading.Event) -> None:

@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from LiverTumorSegLib.core.plausibility import check_finite, check_labelmap, check_scalar_3d
+from LiverTumorSegLib.io.atomic import atomic_write, check_output_file, write_text
 from TNMStagingLib.core.predict import RANDOM_INIT_NOTE, build_encoder, model_columns, predict_case
 from TNMStagingLib.training.demo_cohort import write_phantom_cohort
 
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--random-init", action="store_true", help="random encoder weights (demo/tests only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
     p.add_argument("--measured-only", action="store_true", help="measured features only, no encoder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and --excluded when they exist")
     p.set_defaults(func=_cli_features)
 
     p = subparsers.add_parser("train", help="cross-validate and train the stage classifier (one artifact)")
@@ -54,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true", help="mark the model demo-only (phantom-trained)")
     p.add_argument("--description", default="", help="training data description stored in the model")
     p.add_argument("--cv-json", type=Path, help="also write the cross-validation result as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and --cv-json when they exist")
     p.set_defaults(func=_cli_train)
 
     p = subparsers.add_parser("evaluate", help="metrics of a trained model on a features CSV")
@@ -108,6 +112,7 @@ def _cli_features(args: argparse.Namespace) -> int:
     from TNMStagingLib.core import features
     from TNMStagingLib.training import cohort
 
+    excluded_path = args.excluded or args.out.with_name(args.out.stem + "_excluded.csv")
     try:
         config = features.FeatureConfig(
             encoder=features.ENCODERS[args.encoder],
@@ -115,24 +120,31 @@ def _cli_features(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             image_features=not args.measured_only,
         )
+        found = cohort.load_cohort(args.cohort, args.table, args.tolerance_days)
+    except ValueError as error:
+        return _error("features", str(error))
+    try:
         encoder = (
             None
             if args.measured_only
             else build_encoder(config.encoder, args.checkpoint, args.random_init, args.seed)
         )
-        found = cohort.load_cohort(args.cohort, args.table, args.tolerance_days)
-    except (ValueError, RegistryError) as error:
+    except (ValueError, RegistryError) as error:  # the encoder's checkpoint: name the ways around it not taken
         hint = "" if args.random_init else " (or --random-init for a demo, or --measured-only)"
         return _error("features", f"{error}{hint}")
+    try:  # the outputs, before the work
+        for path, what in ((args.out, "--out"), (excluded_path, "--excluded")):
+            check_output_file(path, inputs=[args.cohort, args.table], overwrite=args.overwrite, what=what)
+    except ValueError as error:
+        return _error("features", str(error))
     if encoder is not None and encoder.random_init:
         print(f"tnmstaging features: warning: {RANDOM_INIT_NOTE}", file=sys.stderr)
     records, excluded = cohort.extract_features(found, config, encoder, batch_size=args.batch_size,
                                                 device=args.device, log=lambda line: print(line, file=sys.stderr))
-    excluded_path = args.excluded or args.out.with_name(args.out.stem + "_excluded.csv")
-    cohort.write_exclusions(excluded, excluded_path)
+    cohort.write_exclusions(excluded, excluded_path, overwrite=args.overwrite)
     if not records:
         return _error("features", f"no usable scan (reasons in {excluded_path})")
-    cohort.write_feature_table(args.out, records, config.feature_names())
+    cohort.write_feature_table(args.out, records, config.feature_names(), overwrite=args.overwrite)
     summary = {"cases": len(records), "excluded": len(excluded), "out": str(args.out)}
     summary |= {
         "excluded_csv": str(excluded_path),
@@ -148,6 +160,9 @@ def _cli_train(args: argparse.Namespace) -> int:
     from TNMStagingLib.training import cohort
 
     try:
+        for path, what in ((args.out, "--out"), (args.cv_json, "--cv-json")):
+            if path is not None:
+                check_output_file(path, inputs=[args.features], overwrite=args.overwrite, what=what)
         table = cohort.read_feature_table(args.features)
         estimator = classifier.StageClassifier(
             n_features=args.n_features, merge_stage0_into_1=args.merge_stage0, random_state=args.seed
@@ -180,9 +195,9 @@ def _cli_train(args: argparse.Namespace) -> int:
         demo_only=args.demo,
         training_data=args.description or cohort.describe_feature_table(table, args.features),
     )
-    classifier.save_model(args.out, model)
+    atomic_write(args.out, lambda temporary: classifier.save_model(temporary, model), overwrite=args.overwrite)
     if args.cv_json:
-        args.cv_json.write_text(json.dumps(cv, indent=1), encoding="utf-8")
+        write_text(args.cv_json, json.dumps(cv, indent=1), overwrite=args.overwrite)
     if table.encoder["weights"] == "random-init":
         print(f"note: {RANDOM_INIT_NOTE}", file=sys.stderr)
     print(
@@ -224,6 +239,10 @@ def _cli_predict(args: argparse.Namespace) -> int:
         ct = cohort.read_image(args.image)
         labels = cohort.read_image(args.labels)
         import SimpleITK as sitk
+
+        check_scalar_3d(ct, f"--image {args.image}")
+        check_finite(sitk.GetArrayViewFromImage(ct), f"--image {args.image}")
+        check_labelmap(labels, f"--labels {args.labels}", reference=ct, reference_what=f"--image {args.image}")
 
         output = predict_case(
             model,

@@ -30,13 +30,16 @@ import json
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
+
+from LiverTumorSegLib.core.plausibility import check_labelmap
+from LiverTumorSegLib.io.atomic import atomic_write
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 PATIENT_COLUMNS = ("patientid", "patient", "id", "pid")
@@ -327,23 +330,30 @@ def read_image(path: Path) -> sitk.Image:
 
 
 def read_scan(scan: Scan) -> tuple[sitk.Image, sitk.Image]:
-    """(CT as float32 HU, labelmap as uint8) of a scan; ``ValueError`` when unreadable."""
+    """(CT as float32 HU, labelmap as uint8) of a scan; ``ValueError`` when unreadable or when the labelmap
+    holds other values than 0, 1, 2 (a CT given as labels would wrap around in uint8)."""
     if scan.labels is None:
         raise ValueError(f"scan {scan.image} has no labelmap")
     ct = sitk.Cast(read_image(scan.image), sitk.sitkFloat32)
-    labels = sitk.Cast(read_image(scan.labels), sitk.sitkUInt8)
-    return ct, labels
+    labels = read_image(scan.labels)
+    check_labelmap(labels, f"labelmap {scan.labels}")
+    return ct, sitk.Cast(labels, sitk.sitkUInt8)
 
 
-def write_exclusions(excluded: Sequence[Exclusion], path: str | Path) -> Path:
-    """CSV with columns patient_id, scan, path, reason (one row per excluded scan)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["patient_id", "scan", "path", "reason"])
-        writer.writerows([e.patient_id, e.scan, e.path, e.reason] for e in excluded)
-    return path
+def write_exclusions(excluded: Sequence[Exclusion], path: str | Path, *, overwrite: bool = True) -> Path:
+    """CSV with columns patient_id, scan, path, reason (one row per excluded scan), written all at once
+    (``io.atomic``; an existing file is replaced only with ``overwrite``)."""
+    return write_csv(path, [["patient_id", "scan", "path", "reason"],
+                             *([e.patient_id, e.scan, e.path, e.reason] for e in excluded)], overwrite)
+
+
+def write_csv(path: str | Path, rows: Iterable[Sequence[Any]], overwrite: bool = True) -> Path:
+    """``rows`` as a UTF-8 CSV file, written all at once (``io.atomic.atomic_write``)."""
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream).writerows(rows)
+
+    return atomic_write(path, write, overwrite=overwrite)
 
 
 # Feature table: one row per case, these columns first, then one column per feature.
@@ -383,19 +393,16 @@ class FeatureTable:
         return [row["stage"] for row in self.meta]
 
 
-def write_feature_table(path: str | Path, records: Sequence[dict], feature_names: Sequence[str]) -> Path:
+def write_feature_table(path: str | Path, records: Sequence[dict], feature_names: Sequence[str], *,
+                        overwrite: bool = True) -> Path:
     """CSV of ``records`` (dicts with the meta columns and every feature name; float values written with
-    ``repr`` precision, NaN as an empty cell)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow([*FEATURE_TABLE_META, *feature_names])
-        for record in records:
-            values = [record[name] for name in feature_names]
-            cells = ["" if value != value else repr(float(value)) for value in values]
-            writer.writerow([record.get(key, "") for key in FEATURE_TABLE_META] + cells)
-    return path
+    ``repr`` precision, NaN as an empty cell), written all at once (``io.atomic``)."""
+    rows = [[*FEATURE_TABLE_META, *feature_names]]
+    for record in records:
+        values = [record[name] for name in feature_names]
+        cells = ["" if value != value else repr(float(value)) for value in values]
+        rows.append([record.get(key, "") for key in FEATURE_TABLE_META] + cells)
+    return write_csv(path, rows, overwrite)
 
 
 def read_feature_table(path: str | Path) -> FeatureTable:

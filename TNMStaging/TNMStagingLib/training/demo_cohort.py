@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
@@ -21,9 +20,9 @@ def write_phantom_cohort(out: Path, per_stage: int = 6, max_seeds: int = 200, si
     """Phantoms (``LiverTumorSegLib.synthetic.phantom``, 1-4 tumors, 5 mm slices) written as ``out/PHnnn/20240101/``
     ``ct.nii.gz + labels.nii.gz`` with ``out/stages.csv``, seeds tried in order until each AJCC stage group
     has ``per_stage`` phantoms. Returns ``{stage: count}``."""
-    import SimpleITK as sitk
-
+    from LiverTumorSegLib.io.atomic import write_image
     from LiverTumorSegLib.synthetic.phantom import make_phantom
+    from TNMStagingLib.training.cohort import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
@@ -38,14 +37,12 @@ def write_phantom_cohort(out: Path, per_stage: int = 6, max_seeds: int = 200, si
             continue
         counts[stage] += 1
         folder = out / f"PH{seed:03d}" / "20240101"
-        folder.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(phantom.ct, str(folder / "ct.nii.gz"), useCompression=True)
-        sitk.WriteImage(phantom.labels, str(folder / "labels.nii.gz"), useCompression=True)
+        write_image(phantom.ct, folder / "ct.nii.gz", overwrite=True)
+        write_image(phantom.labels, folder / "labels.nii.gz", overwrite=True)
         diameters = " ".join(f"{tumor.diameter_mm:g}" for tumor in phantom.tumors)
         vessel = any(tumor.touches_vessel for tumor in phantom.tumors)
         rows.append([f"PH{seed:03d}", "2024-01-01", stage, t, diameters, str(vessel).lower(), seed])
         if len(counts) >= 4 and min(counts.values()) >= per_stage:
             break
-    with open(out / "stages.csv", "w", newline="", encoding="utf-8") as stream:
-        csv.writer(stream).writerows(rows)
+    write_csv(out / "stages.csv", rows)
     return dict(counts)

@@ -27,7 +27,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from LiverTumorSegLib.core.cancel import Cancelled
-from LiverTumorSegLib.core.grid import check_same_grid
+from LiverTumorSegLib.core.plausibility import check_finite, check_labelmap, check_scalar_3d
 from LiverTumorSegLib.worker.runner import (
     EXIT_BAD_INPUT,
     EXIT_MODEL,
@@ -45,21 +45,25 @@ OUTPUT_FILE = "staging.json"
 
 
 def read_case(job: dict) -> tuple[sitk.Image, sitk.Image]:
-    """The job's CT (float32, HU) and labelmap (uint8 0/1/2), checked to share one voxel grid."""
+    """The job's CT (float32, HU) and labelmap (uint8 0/1/2), checked to share one voxel grid; a labelmap with
+    other values (a CT given as labels) is refused before the uint8 cast could wrap it around."""
     images = []
-    for key, pixel_type in (("image", sitk.sitkFloat32), ("labels", sitk.sitkUInt8)):
+    for key in ("image", "labels"):
         path = Path(job[key])
         if not path.is_file():
             raise JobError(f"{key} file {path} does not exist", EXIT_BAD_INPUT)
         try:
-            images.append(sitk.Cast(sitk.ReadImage(str(path)), pixel_type))
+            images.append(sitk.ReadImage(str(path)))
         except RuntimeError as error:
             raise JobError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}", EXIT_BAD_INPUT) from error
     ct, labels = images
     try:
-        check_same_grid(labels, ct, str(job["labels"]), str(job["image"]))
+        check_scalar_3d(ct, f"image {job['image']}")
+        check_finite(sitk.GetArrayViewFromImage(ct), f"image {job['image']}")
+        check_labelmap(labels, f"labels {job['labels']}", reference=ct, reference_what=f"image {job['image']}")
     except ValueError as error:
         raise JobError(str(error), EXIT_BAD_INPUT) from error
+    ct, labels = sitk.Cast(ct, sitk.sitkFloat32), sitk.Cast(labels, sitk.sitkUInt8)
     if not (sitk.GetArrayViewFromImage(labels) > 0).any():
         raise JobError(f"{job['labels']} holds no liver: segment the liver first", EXIT_BAD_INPUT)
     return ct, labels
