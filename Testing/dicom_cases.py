@@ -33,11 +33,12 @@ def rotation(ax_deg: float, ay_deg: float, az_deg: float) -> np.ndarray:
 
 
 def make_volume(size, spacing, origin, direction, seed: int = 0) -> sitk.Image:
-    """An int16 'CT' (HU) on the given grid (size/spacing/origin x y z, direction 3x3): noise around 40 HU with a
-    brighter ellipsoid."""
+    """An int16 'CT' (HU) on the given grid (size/spacing/origin x y z, direction 3x3): a body of soft tissue (noise
+    around 40 HU) in air (about -1000 HU) with a brighter ellipsoid, so that it passes the CT plausibility gate."""
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in reversed(size)), indexing="ij")
     hu = rng.normal(40, 10, size=tuple(reversed(size)))
+    hu[(x / 0.95) ** 2 + (y / 0.9) ** 2 >= 1] -= 1040  # air around the body
     hu[(x / 0.8) ** 2 + (y / 0.6) ** 2 + (z / 0.9) ** 2 < 1] += 80
     image = sitk.GetImageFromArray(hu.astype(np.int16))
     image.SetSpacing(spacing)

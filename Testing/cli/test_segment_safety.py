@@ -30,7 +30,7 @@ from hostile_inputs import (  # noqa: F401 - tiny_disk is a fixture
     write_dicom_series,
 )
 
-from LiverTumorSegLib.testing.scenarios import untrained_test_models
+from LiverTumorSegLib.testing.phantom_scenarios import untrained_test_models
 
 OUTPUTS = ["labels.nrrd", "results.json", "segmentation.seg.nrrd"]
 

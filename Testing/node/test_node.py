@@ -116,7 +116,7 @@ def test_echo_and_durable_store_before_success(tmp_path, known_labels):
         assert stored.is_file(), "success answered before the instance was on disk"
         again = pydicom.dcmread(str(stored))
         assert again.SOPInstanceUID == sent.SOPInstanceUID and again.PixelData == sent.PixelData
-        assert not list(stored.parent.glob(".*.tmp"))
+        assert not list(stored.parent.glob(".tmp-*"))
         assoc.release()
     finally:
         node.stop()
@@ -419,7 +419,7 @@ def test_series_received_before_a_restart_is_completed(tmp_path, log, pacs, star
     for path in paths:
         (incoming / f"{pydicom.dcmread(str(path), stop_before_pixels=True).SOPInstanceUID}.dcm").write_bytes(
             path.read_bytes())
-    (incoming / ".half-written.dcm.tmp").write_bytes(b"partial")
+    (incoming / ".tmp-0badc0de-half-written.dcm").write_bytes(b"partial")  # a crash mid-write
     start_node()
     log.wait_for(r"series [0-9.]+: 12 instance\(s\) received before the restart")
     log.wait_for(r"received series [0-9.]+: 12 CT instance\(s\) before the restart; queued as job 000001")

@@ -10,7 +10,7 @@ import sys
 import SimpleITK as sitk
 from hostile_inputs import phantom_labels
 
-from LiverTumorSegLib.testing.scenarios import untrained_test_models
+from LiverTumorSegLib.testing.phantom_scenarios import untrained_test_models
 
 
 def _run(tmp_path, **extra) -> subprocess.CompletedProcess:

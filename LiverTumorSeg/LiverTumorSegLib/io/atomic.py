@@ -66,6 +66,12 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
+def fsync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to the disk; a no-op where folders cannot be
+    opened (Windows)."""
+    _fsync(Path(folder))
+
+
 def _fsync(path: Path) -> None:
     """Flush ``path``'s data to the disk (a power cut after the rename must not leave an empty file)."""
     try:
@@ -146,6 +152,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, overwrite
             raise OutputError(f"cannot write {path}: the writer produced no file")
         _fsync(temporary)
         _move_into_place(temporary, path, overwrite)
+        _fsync(path.parent)  # the rename itself survives a power cut
     except BaseException as error:  # also a cancel (KeyboardInterrupt, SystemExit): no partial file either
         failure = _write_failure(path, error) if isinstance(error, OSError | RuntimeError) else None
         _unlink_quietly(temporary)
@@ -182,6 +189,11 @@ def check_written_image(path: Path, image: sitk.Image) -> None:
         raise OutputError(f"the file written for {path.name} cannot be read back") from error
     if tuple(size) != tuple(image.GetSize()):
         raise OutputError(f"the file written for {path.name} reads back as {size} voxels, not {image.GetSize()}")
+
+
+def write_bytes(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
+    """``data`` written to ``path`` through ``atomic_write`` (complete and on the disk, or absent)."""
+    return atomic_write(path, lambda temporary: temporary.write_bytes(data), overwrite=overwrite)
 
 
 def write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:

@@ -24,8 +24,6 @@ every source CT instance. ``write_dicom_results`` writes the SEG and the SR of o
 from __future__ import annotations
 
 import math
-import os
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +37,7 @@ from pydicom.sr.codedict import codes
 
 from LiverTumorSegLib.core.measurements import LabelmapMeasurements, measure_labelmap
 from LiverTumorSegLib.core.terminology import load_segment_definitions
+from LiverTumorSegLib.io.atomic import atomic_write
 from LiverTumorSegLib.io.dicom_seg import (
     LIVER_TYPE_CODES,
     MANUFACTURER,
@@ -182,15 +181,8 @@ def write_measurement_report(measurements: LabelmapMeasurements, seg: Dataset, s
 
 
 def save_dicom(dataset: Dataset, path: str | Path) -> Path:
-    """Save ``dataset`` at ``path`` under a temporary name first, so that ``path`` is complete or absent."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        dataset.save_as(temporary, enforce_file_format=True)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    """Save ``dataset`` at ``path`` through ``io.atomic`` (complete or absent; an existing file is replaced)."""
+    return atomic_write(path, lambda temporary: dataset.save_as(temporary, enforce_file_format=True), overwrite=True)
 
 
 def make_dicom_results(labels: sitk.Image, source_datasets: Sequence[Dataset], algorithm: Algorithm, *,

@@ -21,40 +21,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from LiverTumorSegLib.io.atomic import TEMPORARY_PREFIX, fsync_folder, write_bytes
+
 RESULTS_FILE = "_results.json"
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``: a temporary file in the same folder (unique per process and thread), fsync,
-    rename, fsync of the folder. ``path`` is then complete and durable, or absent."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
 def write_json(path: Path, value: dict) -> None:
-    write_atomic(path, json.dumps(value, indent=1).encode("utf-8"))
+    write_bytes(path, json.dumps(value, indent=1).encode("utf-8"), overwrite=True)
 
 
 def read_json(path: Path) -> dict:
@@ -87,7 +64,7 @@ class WorkFolder:
         for folder in (self.incoming, self.jobs, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         probe = self.root / f".write-test-{os.getpid()}"
-        write_atomic(probe, b"")
+        write_bytes(probe, b"", overwrite=True)
         probe.unlink()
 
     def store_instance(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
@@ -95,14 +72,14 @@ class WorkFolder:
         folder = self.incoming / series_uid
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{sop_uid}.dcm"
-        write_atomic(path, data)
+        write_bytes(path, data, overwrite=True)
         return path
 
     def resume(self) -> Resumed:
         """Clean what a crash left half-done (temporary files, partial outputs) and list the pending work."""
         incoming = {}
         for folder in sorted(p for p in self.incoming.iterdir() if p.is_dir()):
-            for stale in folder.glob(".*.tmp"):
+            for stale in folder.glob(f"{TEMPORARY_PREFIX}*"):
                 stale.unlink()
             files = list(folder.glob("*.dcm"))
             first = min((f.stat().st_mtime for f in files), default=time.time())
@@ -128,15 +105,15 @@ class WorkFolder:
             shutil.rmtree(source, ignore_errors=True)
             return None
         self._last_number += 1
-        write_atomic(self._counter, str(self._last_number).encode())
+        write_bytes(self._counter, str(self._last_number).encode(), overwrite=True)
         job = self.jobs / f"{self._last_number:06d}"
         job.mkdir()
         os.replace(source, job / "input")
-        fsync_dir(self.incoming)
+        fsync_folder(self.incoming)
         write_json(job / "job.json", {"series_uid": series_uid, **info,
                                       "instances": sum(1 for _ in (job / "input").glob("*.dcm")),
                                       "queued": time.time()})
-        fsync_dir(self.jobs)
+        fsync_folder(self.jobs)
         return job
 
     @staticmethod
@@ -158,7 +135,7 @@ class WorkFolder:
         write_json(partial / RESULTS_FILE, {"results": names, "segmented": time.time(), "seconds": round(seconds, 3)})
         os.replace(partial, job / "output")
         shutil.rmtree(job / "worker", ignore_errors=True)
-        fsync_dir(job)
+        fsync_folder(job)
 
     @staticmethod
     def results(job: Path) -> list[Path]:
@@ -174,12 +151,12 @@ class WorkFolder:
     @staticmethod
     def mark_sent(job: Path, name: str) -> None:
         (job / "sent").mkdir(exist_ok=True)
-        write_atomic(job / "sent" / name, b"")
+        write_bytes(job / "sent" / name, b"", overwrite=True)
 
     def finish(self, job: Path) -> None:
         """Delete a job whose results were all confirmed."""
         shutil.rmtree(job)
-        fsync_dir(self.jobs)
+        fsync_folder(self.jobs)
 
     def fail(self, job: Path) -> Path:
         """Move a job whose segmentation failed to ``failed/`` (kept, never retried); returns its new folder."""
@@ -187,5 +164,5 @@ class WorkFolder:
         shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(job / "worker", ignore_errors=True)
         os.replace(job, target)
-        fsync_dir(self.jobs)
+        fsync_folder(self.jobs)
         return target
