@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -42,12 +43,42 @@ def test_shipped_manifest_validates_and_loads():
 
 def test_every_shipped_entry_has_checksum_license_training_data():
     for entry in load_manifest().values():
-        assert entry.sha256 or entry.md5, entry.id
+        assert entry.sha256 or entry.md5 or entry.pypi_wheel["member_sha256"], entry.id
         assert entry.license not in ("", "unknown") and entry.training_data not in ("", "unknown"), entry.id
         assert entry.url is None or entry.url.startswith("https://"), entry.id
         if entry.demo_only:
             assert entry.sha256 and entry.size_bytes and entry.card and entry.local_file().is_file(), entry.id
             assert "DEMO" in entry.display_name
+
+
+def test_kuleuven_entries_name_the_wheel_its_members_checksums_licence_and_citation():
+    from LiverTumorSegLib.models.kuleuven import convert
+
+    manifest = load_manifest()
+    for model_id, member, config in (("kuleuven-liver-ct", convert.LIVER_MEMBER, "liver"),
+                                     ("kuleuven-lesion-ct", convert.LESION_MEMBER, "lesion")):
+        entry = manifest[model_id]
+        wheel = entry.pypi_wheel
+        assert (wheel["package"], wheel["version"], wheel["file"]) == ("pyliverlesionseg", "0.3", convert.WHEEL_NAME)
+        assert (wheel["sha256"], wheel["size_bytes"]) == (convert.WHEEL_SHA256, convert.WHEEL_SIZE_BYTES)
+        assert (wheel["member"], wheel["member_sha256"], wheel["config"]) == (member.path, member.sha256, config)
+        assert entry.license == "Apache-2.0" and "Robben" in entry.citation and entry.card
+        assert entry.pipeline == f"kuleuven_{config}" and entry.url is None and entry.local_path is None
+        assert (entry.manifest_dir and (Path(entry.manifest_dir) / entry.card).is_file()), entry.card
+    assert "Tang" in manifest["kuleuven-liver-ct"].citation
+
+
+def test_one_default_per_stage_and_no_default_is_a_demo_only_model():
+    from LiverTumorSegLib.models.selection import default_model_id
+
+    manifest = load_manifest()
+    defaults = [entry for entry in manifest.values() if entry.default]
+    assert sorted(entry.task for entry in defaults) == ["liver", "tumor"]
+    assert not any(entry.demo_only for entry in defaults)
+    assert default_model_id(manifest, "liver") == "demo-liver-segresnet"
+    assert default_model_id(manifest, "tumor") == "kuleuven-lesion-ct"
+    liver = manifest["demo-liver-segresnet"]
+    assert "phantom-trained" in liver.display_name and "real CT" in liver.display_name  # says what it is
 
 
 def test_wholebody_entry_matches_the_monai_bundle():

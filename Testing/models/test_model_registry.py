@@ -328,6 +328,7 @@ def test_cli_list_fetch_verify_import(server, requests, tmp_path, capsys):
             "path": None,
             "source": "url",
             "license": "Apache-2.0",
+            "default": False,
         }
     ]
     code, rows, err = _run_models([*common, "verify", "test-model"], capsys)

