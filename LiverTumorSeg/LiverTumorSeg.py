@@ -74,7 +74,7 @@ class LiverTumorSegParameterNode:
     paintedSegmentId: str = ""
     dropDisconnected: bool = False
     heightCm: Annotated[float, WithinRange(0.0, 250.0)] = 0.0
-    weightKg: Annotated[float, WithinRange(0.0, 400.0)] = 0.0
+    weightKg: Annotated[float, WithinRange(0.0, 300.0)] = 0.0  # core.flr.WEIGHT_RANGE_KG; 0: unknown
     liverCondition: LiverCondition = LiverCondition.normal
     liveFlr: bool = True
 
@@ -331,8 +331,12 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
+            missing = self.logic.missingModels(*self.logic.modelIds(node))
+            if missing and not slicer.util.confirmOkCancelDisplay(
+                    self.logic.downloadConsentText(missing), windowTitle=_("Download models")):
+                return
             self.ui.logTextEdit.clear()
-            self._runPoller.start(self.logic.startSegmentationFromParameters(node))
+            self._runPoller.start(self.logic.startSegmentationFromParameters(node, allowDownload=bool(missing)))
             self._onParameterNodeModified()
 
     def _onSegmentationFinished(self, segmentationNode) -> None:
@@ -515,23 +519,44 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         finally:
             shutil.rmtree(outDir, ignore_errors=True)
 
-    def startSegmentationFromParameters(self, parameterNode, launcher=None):
-        """Start the run the panel describes: its CT, models (defaults when not chosen) and options."""
+    @staticmethod
+    def missingModels(liverModelId: str, tumorModelId: str | None = None) -> list:
+        """Manifest entries of the chosen models whose weights are not on this computer yet."""
+        from LiverTumorSegLib.models.manifest import load_manifest
+        from LiverTumorSegLib.models.registry import missing_models
+        from LiverTumorSegLib.models.selection import tumor_model_or_none
+
+        manifest = load_manifest()
+        chosen = [model_id for model_id in (liverModelId, tumor_model_or_none(tumorModelId or "")) if model_id]
+        return missing_models([manifest[model_id] for model_id in chosen if model_id in manifest])
+
+    @staticmethod
+    def downloadConsentText(entries: list) -> str:
+        """What the user agrees to before a first run downloads ``entries`` (model, size, licence, source, citation)."""
+        from LiverTumorSegLib.models.registry import consent_text
+
+        return consent_text(entries) + "\n\n" + _("Download them now and run? Progress and Cancel as for a run.")
+
+    def startSegmentationFromParameters(self, parameterNode, launcher=None, allowDownload: bool = False):
+        """Start the run the panel describes: its CT, models (defaults when not chosen) and options. With
+        ``allowDownload`` the worker first fetches models missing from the cache (ask the user before)."""
         from LiverTumorSegLib.models.selection import tumor_model_or_none
 
         liverId, tumorId = self.modelIds(parameterNode)
         return self.startSegmentation(parameterNode.inputVolume, liverId, tumor_model_or_none(tumorId),
                                       device=parameterNode.device.value, minTumorMl=parameterNode.minTumorMl,
-                                      perLesionSegments=parameterNode.perLesionSegments, launcher=launcher)
+                                      perLesionSegments=parameterNode.perLesionSegments, launcher=launcher,
+                                      allowDownload=allowDownload)
 
     def startSegmentation(self, volumeNode, liverModelId: str, tumorModelId: str | None, device: str = "auto",
-                          minTumorMl: float = MIN_TUMOR_ML, perLesionSegments: bool = False, launcher=None):
+                          minTumorMl: float = MIN_TUMOR_ML, perLesionSegments: bool = False, launcher=None,
+                          allowDownload: bool = False):
         """Start the cascade in a background process; returns the run (poll, cancel, finish)."""
         from LiverTumorSegLib.scene.run import SegmentationRun, slicer_launcher
 
         run = SegmentationRun(volumeNode, liver_model=liverModelId, tumor_model=tumorModelId, device=device,
                               min_tumor_ml=minTumorMl, per_lesion_segments=perLesionSegments,
-                              launcher=launcher or slicer_launcher)
+                              launcher=launcher or slicer_launcher, allow_download=allowDownload)
         run.start()
         return run
 

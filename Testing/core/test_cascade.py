@@ -335,3 +335,46 @@ def test_sliding_window_on_one_window_equals_the_network():
     )
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     assert fractions == [1.0]
+
+
+def _truth_stage(mask_of, seen: list):
+    """A publisher-pipeline stage (``LoadedModel.stage``) answering a truth mask on the CT's grid; records its
+    inputs and its progress calls."""
+
+    def stage(ct, liver, progress, cancel, device):
+        seen.append((ct, liver))
+        progress(0.0)
+        progress(1.0)
+        mask = sitk.GetImageFromArray(mask_of.astype(np.uint8))
+        mask.CopyInformation(ct)
+        return mask
+
+    return stage
+
+
+def test_pipeline_stages_run_instead_of_the_sliding_window_and_see_the_whole_ct(phantom):
+    """A model with a ``stage`` (the KU Leuven pipelines) gets the whole CT: the liver stage alone, the tumor stage
+    with the cascade's liver on the CT's grid. The cascade's rules still apply to what the stage answers: tumors
+    only inside the liver and at least ``min_tumor_ml``."""
+    ct, truth = phantom
+    liver_seen, tumor_seen = [], []
+    everything_tumor_like = truth["tumor"] | truth["small_tumor"] | truth["outside_tumor"]
+    liver = LoadedModel(liver_stub().entry, IntensityBand(5.0, 6.0),  # the network would find nothing
+                        stage=_truth_stage(truth["liver"], liver_seen))
+    tumor = LoadedModel(tumor_stub().entry, IntensityBand(5.0, 6.0),
+                        stage=_truth_stage(everything_tumor_like, tumor_seen))
+    calls = []
+    result = run_cascade(ct, liver, tumor, device="cpu", progress=lambda *args: calls.append(args))
+    labels = sitk.GetArrayFromImage(result.labels)
+    assert [seen[0] is ct for seen in liver_seen + tumor_seen] == [True, True]
+    assert liver_seen[0][1] is None
+    tumor_liver = tumor_seen[0][1]
+    assert tumor_liver.GetSize() == ct.GetSize() and tumor_liver.GetOrigin() == ct.GetOrigin()
+    assert dice(sitk.GetArrayFromImage(tumor_liver) > 0, truth["liver"]) > 0.97
+    assert dice(labels == 2, truth["tumor"]) > 0.95  # the outside tumor and the 0.065 mL one are dropped
+    assert not (labels[truth["outside_tumor"]] == 2).any() and not (labels[truth["small_tumor"]] == 2).any()
+    assert dice(labels > 0, truth["liver"]) > 0.97
+    fractions = [fraction for _, fraction, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"liver_inference", "tumor_inference"} <= set(result.timings_s)
+    assert liver.module.calls == 0 and tumor.module.calls == 0  # no sliding window ran

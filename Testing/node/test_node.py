@@ -325,7 +325,8 @@ def test_node_killed_mid_job_then_restarted(tmp_path, pacs, node_port):
     command = [sys.executable, "-m", "LiverTumorSegLib.cli", "serve", "--ae-title", NODE_AET, "--port", str(node_port),
                "--bind", "127.0.0.1", "--destination", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--work", str(work),
                "--quiet-seconds", str(QUIET_S), "--device", "cpu", "--retry-initial-seconds", "0.2",
-               "--retry-max-seconds", "1", "--log-file", str(log_file)]
+               "--retry-max-seconds", "1", "--log-file", str(log_file),
+               "--liver-model", DEMO_MODELS[0], "--tumor-model", DEMO_MODELS[1]]
     paths, _ = small_series(tmp_path / "ct", seed=8)
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -26,7 +26,8 @@ def test_segment_dicom_writes_seg_and_report_of_the_cascade_labels(tmp_path):
     paths, _ = small_series(tmp_path / "ct", seed=3)
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "LiverTumorSegLib.cli", "segment", "--dicom", str(tmp_path / "ct"),
-                             "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                             "--out", str(out), "--device", "cpu", "--liver-model", "demo-liver-segresnet",
+                             "--tumor-model", "demo-tumor-segresnet"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["dicom_outputs"] == ["segmentation.dcm", "report.dcm"]

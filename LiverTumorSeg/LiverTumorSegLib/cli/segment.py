@@ -22,7 +22,7 @@ def _run(args) -> int:
             liver_model=args.liver_model, tumor_model=None if args.no_tumor else args.tumor_model,
             image=None if args.dicom else str(args.image), dicom=str(args.dicom) if args.dicom else None,
             series_uid=args.series, output_dir=str(args.out), device=args.device, min_tumor_ml=args.min_tumor_ml,
-            allow_download=args.download, overwrite=args.overwrite, manifest=args.manifest and str(args.manifest),
+            allow_download=not args.offline, overwrite=args.overwrite, manifest=args.manifest and str(args.manifest),
             force=args.force, resample_nonuniform=args.resample_nonuniform)
     except ValueError as error:
         print(f"livertumor segment: error: {error}", file=sys.stderr)
@@ -77,7 +77,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) or cpu")
     parser.add_argument("--min-tumor-ml", type=float, default=MIN_TUMOR_ML,
                         help=f"drop tumor components below this volume (default {MIN_TUMOR_ML} mL)")
-    parser.add_argument("--download", action="store_true", help="download missing model weights")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: a model missing from the cache is an error that says how to import it "
+                        "(by default missing models are fetched into the cache and verified first)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
     parser.add_argument("--force", action="store_true",
                         help="segment a CT the plausibility check finds implausible (no air, no soft tissue, values "

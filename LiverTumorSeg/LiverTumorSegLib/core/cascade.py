@@ -13,6 +13,11 @@
    origin, spacing and direction: 0 background, 1 liver parenchyma, 2 tumor.
 
 Nothing is resampled at full resolution except the crop; no float64 copy of the CT is made.
+
+A model with a ``stage`` (``LoadedModel.stage``: a publisher's own pipeline, e.g. the KU Leuven liver and lesion
+models) replaces steps 1 or 2's preprocessing and inference: the liver stage gets the CT, the tumor stage the whole
+CT and the cascade's liver mask on the CT's grid; both answer a mask on the CT's grid, to which the same rules apply
+(largest liver component; tumors inside the liver and at least ``min_tumor_ml``).
 """
 
 from __future__ import annotations
@@ -210,6 +215,8 @@ def liver_stage(
     from LiverTumorSegLib.core.preprocessing import preprocess_ct
 
     start, end = span
+    if liver.stage is not None:  # the publisher's own pipeline (models.kuleuven.stages)
+        return _pipeline_stage(liver, ct, None, device, progress, "liver", span, "segmenting the liver", timings)
     tick = time.perf_counter()
     progress.report("liver", start, "preparing the CT for the liver model")
     image = preprocess_ct(ct, liver.entry)
@@ -236,6 +243,18 @@ def liver_stage(
     return mask
 
 
+def _pipeline_stage(model: LoadedModel, ct: sitk.Image, liver: sitk.Image | None, device, progress: _Progress,
+                    stage: str, span: tuple[float, float], message: str, timings: dict[str, float]) -> sitk.Image:
+    """``model.stage`` on ``ct`` (a mask on its grid) on the torch ``device``, its progress mapped into ``span``."""
+    start, end = span
+    tick = time.perf_counter()
+    progress.report(stage, start, f"{message} ({model.entry.id})")
+    mask = model.stage(ct, liver, progress.span(stage, start, end, message), progress.cancel, device)
+    timings[f"{stage}_inference"] = time.perf_counter() - tick
+    progress.report(stage, end, f"{stage} stage done")
+    return mask
+
+
 def tumor_stage(
     ct_crop: sitk.Image,
     liver_crop: sitk.Image,
@@ -252,6 +271,9 @@ def tumor_stage(
     from LiverTumorSegLib.core.preprocessing import preprocess_ct, preprocess_mask
 
     start, end = span
+    if tumor.stage is not None:
+        return _pipeline_stage(tumor, ct_crop, liver_crop, device, progress, "tumor", span,
+                               "segmenting tumors in the liver", timings)
     tick = time.perf_counter()
     progress.report("tumor", start, "preparing the liver region for the tumor model")
     channels = []
@@ -321,7 +343,14 @@ def _crop_labels(
     crop_labels = sitk.GetArrayFromImage(liver_crop)
     if tumor is None:
         return crop_labels
-    tumor_crop = tumor_stage(ct_crop, liver_crop, tumor, device, sw_batch_size, report, span, timings)
+    if tumor.stage is not None:  # the publisher's pipeline sees the whole CT, as it would without our crop
+        liver_full = sitk.Paste(sitk.Image(ct.GetSize(), sitk.sitkUInt8), liver_crop, liver_crop.GetSize(),
+                                [0, 0, 0], region[0])
+        liver_full.CopyInformation(ct)
+        tumor_full = tumor_stage(ct, liver_full, tumor, device, sw_batch_size, report, span, timings)
+        tumor_crop = sitk.RegionOfInterest(tumor_full, region[1], region[0])
+    else:
+        tumor_crop = tumor_stage(ct_crop, liver_crop, tumor, device, sw_batch_size, report, span, timings)
     tick = time.perf_counter()
     kept = keep_tumors_in_liver(tumor_crop, liver_crop, min_tumor_ml)
     crop_labels[sitk.GetArrayViewFromImage(kept) > 0] = 2

@@ -134,19 +134,22 @@ class SegmentationRun(BackgroundRun):
     ``CUDA_VISIBLE_DEVICES=-1``). ``launcher`` is ``slicer.util.launchConsoleProcess``-compatible
     (``launcher(args, env) -> Popen``); the default starts a plain subprocess. ``force``: segment a volume the
     CT plausibility gate finds implausible (``core.plausibility.check_ct``), which ``start`` otherwise refuses
-    before starting the worker (``ImplausibleInputError``, a ``ValueError``).
+    before starting the worker (``ImplausibleInputError``, a ``ValueError``). ``allow_download``: the worker fetches
+    models missing from the cache first (progress and cancel as for the segmentation); the caller asks the user.
     """
 
     def __init__(self, volume_node, *, liver_model: str, tumor_model: str | None, device: str = "auto",
                  min_tumor_ml: float = MIN_TUMOR_ML, per_lesion_segments: bool = False, python: str | None = None,
-                 launcher=None, manifest: str | Path | None = None, force: bool = False) -> None:
+                 launcher=None, manifest: str | Path | None = None, force: bool = False,
+                 allow_download: bool = False) -> None:
         if volume_node is None or volume_node.GetImageData() is None:
             raise ValueError("No CT volume selected: load or select a CT volume first.")
         self.volume_node = volume_node
         self.per_lesion_segments = per_lesion_segments
         self.job_options = {"liver_model": liver_model, "tumor_model": tumor_model, "device": device,
                             "min_tumor_ml": float(min_tumor_ml),
-                            "manifest": None if manifest is None else str(manifest), "force": force}
+                            "manifest": None if manifest is None else str(manifest), "force": force,
+                            "allow_download": allow_download}
         extra_env = {"CUDA_VISIBLE_DEVICES": "-1"} if device == "cpu" else {}
         options = {"python": python or default_python(), "extra_env": extra_env}
         if launcher is not None:

@@ -108,8 +108,25 @@ def expected_output_bytes(image: sitk.Image) -> int:
     return 2 * int(np.prod(image.GetSize())) + 1_000_000
 
 
-def load_models(job: SegmentationJob, cancel: threading.Event):
-    """Resolve (verify, download if allowed) and load the liver and tumor models of the job."""
+def _download_progress(progress: ProgressReporter | None, model_id: str):
+    """A registry progress callback that reports ``downloading MODEL: x of y MB`` (at most one line per MB)."""
+    if progress is None:
+        return None
+    shown = [-1]
+
+    def report(done: int, total: int | None) -> None:
+        megabytes = done // 1_000_000
+        if megabytes != shown[0]:
+            shown[0] = megabytes
+            of_total = f" of {total / 1e6:.1f}" if total else ""
+            fraction = 0.05 + 0.05 * (done / total if total else 0.0)  # loading the models spans 0.05..0.1
+            progress("models", fraction, f"downloading {model_id}: {done / 1e6:.1f}{of_total} MB")
+
+    return report
+
+
+def load_models(job: SegmentationJob, cancel: threading.Event, progress: ProgressReporter | None = None):
+    """Resolve (verify, download if allowed, reporting progress) and load the liver and tumor models of the job."""
     from LiverTumorSegLib.models import networks, registry
     from LiverTumorSegLib.models.manifest import ManifestError, load_manifest
 
@@ -126,7 +143,8 @@ def load_models(job: SegmentationJob, cancel: threading.Event):
             raise JobError(f"unknown model {model_id!r}; known: {', '.join(manifest)}", EXIT_MODEL)
         entry = manifest[model_id]
         try:
-            path = registry.resolve_model_file(entry, download=job.allow_download, cancel=cancel)
+            path = registry.resolve_model_file(entry, download=job.allow_download, cancel=cancel,
+                                               progress=_download_progress(progress, model_id))
             loaded.append(networks.load_model(entry, path))
         except registry.DownloadCancelled as error:
             raise JobCancelled() from error
@@ -171,7 +189,7 @@ def _segment_into(out_dir: Path, job: SegmentationJob, device: str, progress: Pr
     _show(progress, notes, 0.05)
     _check_free_space(out_dir, image)
     progress("models", 0.05, f"loading models on {device}")
-    liver, tumor = load_models(job, cancel)
+    liver, tumor = load_models(job, cancel, progress)
     timings = {"load_s": time.perf_counter() - started}
     with _reported_warnings() as cascade_notes:
         result = _run_cascade(image, liver, tumor, job, device, progress, cancel)
