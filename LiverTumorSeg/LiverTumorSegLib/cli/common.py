@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -58,6 +59,9 @@ def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except OutputError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader of stdout left (``| head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         print(f"{name}: error: {where}{describe_os_error(error)}", file=sys.stderr)
@@ -80,9 +84,9 @@ def read_image(path: Path, what: str) -> sitk.Image:
 
 
 def default_model_ids() -> tuple[str | None, str | None]:
-    """The default liver-stage and tumor-stage model ids: the first of each task in the module's manifest."""
+    """The default liver-stage and tumor-stage model ids of the module's manifest (``models.selection``)."""
     from LiverTumorSegLib.models.manifest import load_manifest
+    from LiverTumorSegLib.models.selection import default_model_id
 
     models = load_manifest()
-    return (next((m.id for m in models.values() if m.task == "liver"), None),
-            next((m.id for m in models.values() if m.task == "tumor"), None))
+    return default_model_id(models, "liver") or None, default_model_id(models, "tumor") or None
