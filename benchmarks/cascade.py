@@ -157,7 +157,7 @@ def _sync(device: torch.device) -> None:
 
 REAL_LIVER_MODELS = ("demo-liver-segresnet", "kuleuven-liver-ct", "monai-wholebody-ct-lowres")
 REAL_TUMOR_MODEL = "kuleuven-lesion-ct"
-REALCT = Path(__file__).resolve().parents[1].parent / "shared" / "realct"
+REALCT = Path(os.environ.get("LIVERTUMOR_REALCT_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "realct")
 MIRRORED_SLICES = 55  # 165 mm at 3 mm
 
 
@@ -192,6 +192,9 @@ def one_real_cascade(ct_path: Path, liver_id: str, device: str) -> dict:
     except registry.RegistryError as error:
         return {"liver": liver_id, "tumor": REAL_TUMOR_MODEL, "not_run": str(error)[:300]}
     ct = sitk.ReadImage(str(ct_path))
+    if select_device(device).type == "cuda":  # warm-up outside the timing: CUDA context and cuDNN autotuning
+        run_cascade(ct, liver, tumor, device=device)
+        torch.cuda.reset_peak_memory_stats()
     cpu_before, tick = cpu_seconds(), time.perf_counter()
     result = run_cascade(ct, liver, tumor, device=device)
     _sync(select_device(device))

@@ -87,6 +87,13 @@ def test_a_single_slice_warns_that_volumes_are_meaningless():
     assert "single slice" in warning and "volumes" in warning
 
 
+def test_a_slab_too_short_for_a_whole_liver_warns_that_results_are_partial():
+    """A 40 mm slab (8 slices of 5 mm) cannot hold a liver: the volumes and the FLR would be of a part of it."""
+    (warning,) = check_ct(phantom_ct()[:, :, 20:28], "slab.nrrd")
+    assert warning.startswith("slab.nrrd covers only 40 mm") and "FLR" in warning and "scanned part only" in warning
+    assert check_ct(phantom_ct(), "abdomen.nrrd") == []  # 235 mm: no warning
+
+
 def test_the_dicom_loaders_rescale_note_is_named():
     shifted = _like_ct(_hu() + 1024)
     shifted.SetMetaData(RESCALE_NOTE_KEY, "Rescale Slope/Intercept missing in 47 of 47 files")

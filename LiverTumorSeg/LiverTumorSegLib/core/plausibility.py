@@ -157,10 +157,14 @@ def _hu_problem(stats: HUStatistics, is_integer: bool) -> tuple[str, str] | None
     return None
 
 
+LIVER_EXTENT_MM = 120.0  # a scan shorter than a small liver cannot hold all of it (craniocaudal 120-200 mm)
+
+
 def check_ct(image: sitk.Image, what: str, *, force: bool = False) -> list[str]:
     """Refuse ``image`` (``ImplausibleInputError``, one line starting with ``what``) unless it looks like a CT in
     HU (see the module docstring); ``force`` skips the HU checks (``forceable`` errors), never the 3D and finite
-    checks. Returns warnings for an image that passes but limits the results (a single slice)."""
+    checks. Returns warnings for an image that passes but limits the results (a single slice; a scan shorter than
+    ``LIVER_EXTENT_MM`` along any axis, which cannot hold a whole liver)."""
     check_scalar_3d(image, what)
     array = sitk.GetArrayViewFromImage(image)
     check_finite(array, what)
@@ -171,9 +175,14 @@ def check_ct(image: sitk.Image, what: str, *, force: bool = False) -> list[str]:
             raise _refuse(what, problem[0], _rescale_note(image), problem[1])
     warnings = []
     thin = [axis for axis, count in zip("xyz", image.GetSize(), strict=True) if count == 1]
+    extent_mm = min(count * spacing for count, spacing in zip(image.GetSize(), image.GetSpacing(), strict=True))
     if thin:
         warnings.append(f"{what} has a single slice ({image.GetSize()[0]} x {image.GetSize()[1]} x "
                         f"{image.GetSize()[2]} voxels): volumes and 3D measurements are meaningless")
+    elif extent_mm < LIVER_EXTENT_MM:
+        warnings.append(f"{what} covers only {extent_mm:.0f} mm along its shortest axis (a liver is about "
+                        f"{LIVER_EXTENT_MM:.0f} mm or more from dome to tip): the liver is probably cut, so volumes, "
+                        "the FLR ratio and the lesion count are of the scanned part only")
     return warnings
 
 

@@ -58,3 +58,31 @@ def test_instance_norm_semantics() -> None:
     np.testing.assert_allclose(y.numpy(), ref.float().numpy(), atol=2e-6)
     const = instance_norm_float64(torch.full((1, 2, 4, 4, 4), 0.37))
     assert torch.count_nonzero(const) == 0  # constant input -> exactly 0 (used by the tiling shortcut)
+
+
+def test_predict_patch_runs_without_tf32_and_restores_the_setting():
+    """On an H200, cuDNN's TF32 convolutions (PyTorch's default) flipped 24-63 lesion voxels at 0.5; the port runs in
+    float32 (the GPU then matched the CPU to 5e-5) and leaves the global setting as it found it."""
+    import torch
+
+    from LiverTumorSegLib.models.kuleuven.networks import predict_patch
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return x * self.weight
+
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        out = predict_patch(Probe(), np.full((4, 3, 2), 0.25, np.float32))
+        assert seen == [False] and torch.backends.cudnn.allow_tf32 is True
+        assert out.shape == (4, 3, 2) and np.all(out == 0.25)
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
