@@ -50,11 +50,9 @@ class WheelFetchCancelled(WheelSourceError, Cancelled):
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from LiverTumorSegLib.models.registry import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def wheel_spec(entry: ModelEntry) -> Mapping[str, Any]:

@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from LiverTumorSegLib.models.kuleuven.convert import WHEEL_NAME, WHEEL_SHA256, sha256_of_file
+from LiverTumorSegLib.models.manifest import load_manifest
+from LiverTumorSegLib.models.wheel_source import sha256_of as sha256_of_file
 
 CACHE_ENV_VAR = "KUL_TEST_DOWNLOADS"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "LiverTumorAnalysis" / "test-downloads"
@@ -86,7 +87,8 @@ def _download(requirement: str, filename: str, sha256: str, directory: Path | No
 def get_wheel(directory: Path | None = None) -> Path:
     """The verified pyliverlesionseg 0.3 wheel; runs
     ``python -m pip download --no-deps --ignore-requires-python pyliverlesionseg==0.3`` once."""
-    return _download("pyliverlesionseg==0.3", WHEEL_NAME, WHEEL_SHA256, directory)
+    wheel = load_manifest()["kuleuven-lesion-ct"].pypi_wheel  # the manifest's file name and SHA-256
+    return _download(f"{wheel['package']}=={wheel['version']}", wheel["file"], wheel["sha256"], directory)
 
 
 def get_pymirc_wheel(directory: Path | None = None) -> Path:

